@@ -1,0 +1,5 @@
+#include <napi.h>
+
+namespace baton {
+void InitKvm(Napi::Env, Napi::Object) {}
+}  // namespace baton

@@ -1,0 +1,80 @@
+/**
+ * baton-hv's command line: a machine description as a JSON file (`--config`, what the
+ * manager writes) and/or QEMU-like flags for people running it by hand. Flags override
+ * the file. Unknown flags and bad values are errors naming the flag.
+ */
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { BatonError } from '../util/errors';
+import { MachineConfig, validateMachineConfig } from './machine-config';
+
+export const USAGE = `usage: baton-hv [--config FILE.json] [options]
+  --name NAME             domain name (default: vm)
+  --kernel PATH           PVH ELF or bzImage
+  --initrd PATH
+  --append CMDLINE        kernel command line
+  -m, --memory MIB        guest RAM in MiB (128-16384)
+  --mem-path PATH         back RAM with this shared file instead of a memfd
+  --smp N                 vCPUs (1-8)
+  --cpu MODEL             host | baton-pvm (default)
+  --monitor PATH          QMP socket (required)
+  --serial-socket PATH    console socket
+  --serial-log PATH       append the guest's serial output here
+  -S                      start with vCPUs stopped (status prelaunch)
+  --incoming URI          defer | file:PATH | unix:PATH
+  --no-reboot             a guest reboot ends the VM
+`;
+
+export function parseHvArgs(argv: string[]): MachineConfig {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        config: { type: 'string' }, name: { type: 'string' }, kernel: { type: 'string' }, initrd: { type: 'string' },
+        append: { type: 'string' }, memory: { type: 'string', short: 'm' }, 'mem-path': { type: 'string' },
+        smp: { type: 'string' }, cpu: { type: 'string' }, monitor: { type: 'string' },
+        'serial-socket': { type: 'string' }, 'serial-log': { type: 'string' }, S: { type: 'boolean', short: 'S' },
+        incoming: { type: 'string' }, 'no-reboot': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (err) {
+    throw new BatonError('EUSAGE', `${(err as Error).message}\n${USAGE}`);
+  }
+  const v = parsed.values;
+  if (v.help) throw new BatonError('EHELP', USAGE);
+  let base: Partial<MachineConfig> = {};
+  if (v.config) {
+    try {
+      base = JSON.parse(fs.readFileSync(v.config, 'utf8'));
+    } catch (err) {
+      throw new BatonError('ECONFIG', `cannot read machine config ${v.config}: ${(err as Error).message}`);
+    }
+  }
+  const int = (flag: string, s: string | undefined) => {
+    if (s === undefined) return undefined;
+    if (!/^\d+$/.test(s)) throw new BatonError('EUSAGE', `--${flag} expects a whole number, got "${s}"`);
+    return Number(s);
+  };
+  const memMiB = int('memory', v.memory);
+  const memory = memMiB !== undefined || v['mem-path']
+    ? { sizeMiB: memMiB ?? base.memory?.sizeMiB ?? 256, backing: v['mem-path'] ? 'file' as const : 'memfd' as const, path: v['mem-path'] }
+    : base.memory ?? { sizeMiB: 256, backing: 'memfd' as const };
+  return validateMachineConfig({
+    ...base,
+    name: v.name ?? base.name ?? 'vm',
+    kernel: v.kernel ?? base.kernel,
+    initrd: v.initrd ?? base.initrd,
+    cmdline: v.append ?? base.cmdline,
+    memory,
+    vcpus: int('smp', v.smp) ?? base.vcpus ?? 1,
+    cpuModel: v.cpu ?? base.cpuModel,
+    monitor: v.monitor ? { socket: v.monitor } : base.monitor,
+    serial: { ...base.serial, ...(v['serial-socket'] ? { socket: v['serial-socket'] } : {}), ...(v['serial-log'] ? { logFile: v['serial-log'] } : {}) },
+    startPaused: v.S ?? base.startPaused,
+    incoming: v.incoming ?? base.incoming,
+    onReboot: v['no-reboot'] ? 'destroy' : base.onReboot,
+  });
+}

@@ -1,0 +1,73 @@
+/**
+ * baton-hv's process: build the machine, open its console and monitor, run it, and exit
+ * when the guest powers off or `quit` arrives (as QEMU does). Start-up work that does not
+ * need the guest (monitor socket, console) runs while the VM is being built.
+ */
+import { BatonError } from '../util/errors';
+import { loggerFor } from '../util/logger';
+import { parseHvArgs } from './cli-args';
+import { MachineConfig } from './machine-config';
+import { startMonitor } from './qmp-commands';
+import { SerialConsole } from './serial-console';
+import { Vm } from './vm';
+
+const log = loggerFor('baton-hv');
+
+export interface Hypervisor {
+  vm: Vm;
+  config: MachineConfig;
+  /** Ends the process's VM, closes sockets; resolves when done. */
+  quit(code?: number): Promise<void>;
+}
+
+export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> {
+  const vm = Vm.create(config, { loadImage: !config.incoming });
+  const console = new SerialConsole((d) => vm.serial.input(d));
+  vm.on('serialOutput', (bytes) => console.write(bytes));
+  let quitting = false;
+  const hv: Hypervisor = {
+    vm,
+    config,
+    quit: async (code = 0) => {
+      if (quitting) return;
+      quitting = true;
+      await monitor.close();
+      console.close();
+      vm.destroy();
+      process.exitCode = code;
+    },
+  };
+  const monitor = await startMonitor(hv);
+  await console.open(config.serial);
+  vm.on('event', (name, data) => {
+    monitor.emitEvent(name, data);
+    if (name === 'SHUTDOWN' && config.onPoweroff === 'destroy') {
+      // QEMU exits after a guest power-off; give the event a moment to reach clients.
+      setTimeout(() => void hv.quit(0), 20);
+    }
+  });
+  vm.startThreads();
+  if (config.incoming) vm.setStatus('inmigrate');
+  else if (!config.startPaused) vm.resume();
+  return hv;
+}
+
+export function main(argv: string[]): void {
+  let config: MachineConfig;
+  try {
+    config = parseHvArgs(argv);
+  } catch (err) {
+    const e = err as BatonError;
+    process.stderr.write(e.code === 'EHELP' ? e.message : `baton-hv: ${e.message}\n`);
+    process.exit(e.code === 'EHELP' ? 0 : 2);
+  }
+  runHypervisor(config).then((hv) => {
+    const stop = () => void hv.quit(0);
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  }, (err: Error) => {
+    log.error(err.message);
+    process.stderr.write(`baton-hv: ${err.message}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,340 @@
+/**
+ * A virtual machine: KVM objects, guest RAM, vCPUs, legacy devices, the boot image, and the
+ * run state QMP reports (QEMU's status names). Device models and the monitor sit around
+ * it; it knows nothing about XML, sockets or the CLI.
+ *
+ * Creation order matters to KVM and is enforced in `create`: TSS and identity-map
+ * addresses, then the irqchip, then the PIT, then memory, then vCPUs (a vCPU created
+ * before the irqchip gets no in-kernel LAPIC).
+ */
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import { native } from '../native';
+import { BatonError } from '../util/errors';
+import { loggerFor } from '../util/logger';
+import { loadBootImage } from './boot/load';
+import { ramRanges } from './boot/e820';
+import { AcpiPm, PM1A_BASE, PM1A_LENGTH } from './devices/acpi-pm';
+import { CmosRtc } from './devices/cmos-rtc';
+import { I8042 } from './devices/i8042';
+import { IoBus, IrqLine } from './devices/io-bus';
+import { PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA, PciHost } from './devices/pci';
+import { Serial8250 } from './devices/serial';
+import { GuestMemory, GuestRamRegion } from './guest-memory';
+import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB } from './layout';
+import { MachineConfig } from './machine-config';
+import type { DeviceStateOwner } from './migration/vm-state';
+import { Vcpu, VcpuHost } from './vcpu';
+import { cpuModel, cpuidForVcpu, CpuidEntry } from './x86/cpu-model';
+import { setupFpu, setupLint } from './x86/boot-regs';
+import { getReg, getSegment, getSreg } from './x86/kvm-structs';
+import { EXIT, KVM_INTERNAL_ERROR_EMULATION, KVM_RUN, KVM_RUN_INTERNAL_DATA, exitName } from './x86/kvm-run';
+
+const log = loggerFor('vm');
+
+/** QEMU's RunState names, as query-status reports them. */
+export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'inmigrate' | 'postmigrate' | 'shutdown' | 'internal-error' | 'finish-migrate';
+
+const KVM_PIT_SPEAKER_DUMMY = 1;
+const KVM_MEM_LOG_DIRTY_PAGES = 1;
+const COM1_PORT = 0x3f8;
+const COM1_IRQ = 4;
+const I8042_IRQ = 1;
+const POST_PORT = 0x80;
+
+export interface VmEvents {
+  /** QMP-shaped lifecycle events: STOP, RESUME, SHUTDOWN, RESET, POWERDOWN. */
+  event: [name: string, data: Record<string, unknown> | undefined];
+  serialOutput: [bytes: Buffer];
+}
+
+export interface InternalErrorReport {
+  vcpu: number;
+  reason: string;
+  suberror?: number;
+  rip?: string;
+  instructionBytes?: string;
+}
+
+export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
+  readonly pio = new IoBus('pio');
+  readonly mmio = new IoBus('mmio');
+  readonly pci = new PciHost();
+  serial!: Serial8250;
+  i8042!: I8042;
+  pm!: AcpiPm;
+  status: RunStatus = 'prelaunch';
+  lastError?: InternalErrorReport;
+  readonly vcpus: Vcpu[] = [];
+  private pauseWaiters: (() => void)[] = [];
+  /** Device state sections beyond the legacy devices (NICs add theirs). */
+  readonly extraDeviceState: DeviceStateOwner[] = [];
+  /** The status to record in a save taken while we pause for it. */
+  statusBeforeSave?: RunStatus;
+  private cpuid: CpuidEntry[] = [];
+
+  private constructor(
+    readonly config: MachineConfig,
+    readonly kvmFd: number,
+    readonly vmFd: number,
+    readonly memFd: number,
+    readonly memory: GuestMemory,
+  ) {
+    super();
+  }
+
+  /** Builds the whole machine, ready to run, with vCPUs parked. */
+  static create(config: MachineConfig, opts: { memFd?: number; loadImage?: boolean } = {}): Vm {
+    const kvmFd = openKvm();
+    const vmFd = native.kvmCreateVm(kvmFd);
+    native.kvmSetTssAddr(vmFd, KVM_TSS_ADDR);
+    native.kvmSetIdentityMapAddr(vmFd, KVM_IDENTITY_MAP_ADDR);
+    native.kvmCreateIrqchip(vmFd);
+    native.kvmCreatePit2(vmFd, KVM_PIT_SPEAKER_DUMMY);
+
+    const memBytes = config.memory.sizeMiB * MiB;
+    const memFd = opts.memFd ?? createRamFd(config, memBytes);
+    const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
+      const mapping = native.mmapShared(memFd, r.size, r.fdOffset);
+      native.kvmSetUserMemoryRegion(vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
+      return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
+    });
+    const vm = new Vm(config, kvmFd, vmFd, memFd, new GuestMemory(regions));
+    vm.createDevices();
+    vm.createVcpus();
+    if (opts.loadImage !== false) vm.loadImageAndResetVcpus();
+    return vm;
+  }
+
+  /** An edge-triggered ISA interrupt line on the in-kernel PIC/IOAPIC. */
+  irqLine(irq: number): IrqLine {
+    return {
+      pulse: () => { native.kvmIrqLine(this.vmFd, irq, 1); native.kvmIrqLine(this.vmFd, irq, 0); },
+      set: (level) => native.kvmIrqLine(this.vmFd, irq, level ? 1 : 0),
+    };
+  }
+
+  private createDevices(): void {
+    this.serial = new Serial8250(this.irqLine(COM1_IRQ), (bytes) => this.emit('serialOutput', bytes));
+    this.pio.register(COM1_PORT, 8, 'serial0', this.serial);
+    this.i8042 = new I8042(this.irqLine(I8042_IRQ), () => this.guestReset('guest-reset'));
+    this.pio.register(0x60, 1, 'i8042-data', { read: (_o, s) => this.i8042.read(0), write: (_o, s, v) => this.i8042.write(0, s, v) });
+    this.pio.register(0x64, 1, 'i8042-cmd', { read: () => this.i8042.read(4), write: (_o, s, v) => this.i8042.write(4, s, v) });
+    this.pm = new AcpiPm(() => this.guestPowerOff());
+    this.pio.register(PM1A_BASE, PM1A_LENGTH, 'acpi-pm1a', this.pm);
+    this.pio.register(0x70, 2, 'cmos-rtc', new CmosRtc());
+    this.pio.register(PCI_CONFIG_ADDRESS, 4, 'pci-address', this.pci.addressPort);
+    this.pio.register(PCI_CONFIG_DATA, 4, 'pci-data', this.pci.dataPort);
+    // Port 0x80 is the POST/delay port Linux writes to for I/O delays: accept silently.
+    this.pio.register(POST_PORT, 1, 'post', { read: () => 0xff, write: () => undefined });
+  }
+
+  private createVcpus(): void {
+    const supported = native.kvmGetSupportedCpuid(this.kvmFd) as CpuidEntry[];
+    const mmapSize = native.kvmGetVcpuMmapSize(this.kvmFd);
+    for (let id = 0; id < this.config.vcpus; id++) {
+      const fd = native.kvmCreateVcpu(this.vmFd, id);
+      if (id === 0) this.cpuid = cpuModel(this.config.cpuModel, supported, safeTscKhz(fd));
+      native.kvmSetCpuid2(fd, cpuidForVcpu(this.cpuid, id, this.config.vcpus));
+      this.vcpus.push(new Vcpu(id, fd, mmapSize, this));
+    }
+  }
+
+  /** Loads kernel/initrd/cmdline/tables into RAM and puts every vCPU in its boot state. */
+  loadImageAndResetVcpus(): void {
+    const boot = loadBootImage(this.memory, this.config);
+    for (const vcpu of this.vcpus) {
+      const lapic = native.kvmGetLapic(vcpu.fd);
+      setupLint(lapic);
+      native.kvmSetLapic(vcpu.fd, lapic);
+      if (vcpu.id !== 0) continue; // APs wait for INIT/SIPI from the BSP
+      const sregs = native.kvmGetSregs(vcpu.fd);
+      const regs = Buffer.alloc(native.structSizes.regs);
+      boot.setupBsp(regs, sregs);
+      native.kvmSetSregs(vcpu.fd, sregs);
+      native.kvmSetRegs(vcpu.fd, regs);
+      const fpu = Buffer.alloc(native.structSizes.fpu);
+      setupFpu(fpu);
+      native.kvmSetFpu(vcpu.fd, fpu);
+    }
+    log.info(`${this.config.name}: ${boot.description}`);
+  }
+
+  /** Starts vCPU threads (parked) — done before the guest may run. */
+  startThreads(): void {
+    for (const v of this.vcpus) v.startThread();
+  }
+
+  setStatus(status: RunStatus): void {
+    this.status = status;
+  }
+
+  /** `cont`: run every vCPU. */
+  resume(): void {
+    if (this.status === 'running') return;
+    for (const v of this.vcpus) v.resume();
+    this.status = 'running';
+    this.emit('event', 'RESUME', undefined);
+  }
+
+  /** `stop`: park every vCPU; resolves once all are out of KVM_RUN. */
+  async pause(newStatus: RunStatus = 'paused', emitStop = true): Promise<void> {
+    if (this.vcpus.every((v) => v.parked)) {
+      if (this.status === 'running') { this.status = newStatus; if (emitStop) this.emit('event', 'STOP', undefined); }
+      else if (newStatus !== 'paused') this.status = newStatus;
+      return;
+    }
+    const parked = new Promise<void>((resolve) => this.pauseWaiters.push(resolve));
+    for (const v of this.vcpus) v.requestPause();
+    await parked;
+    this.status = newStatus;
+    if (emitStop) this.emit('event', 'STOP', undefined);
+  }
+
+  onParked(): void {
+    if (!this.vcpus.every((v) => v.parked)) return;
+    const waiters = this.pauseWaiters;
+    this.pauseWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  onFatalExit(vcpu: Vcpu, reason: number): void {
+    if (reason === EXIT.SHUTDOWN) {
+      // Triple fault: a PC resets.
+      this.guestReset('guest-reset');
+      return;
+    }
+    if (reason === EXIT.SYSTEM_EVENT) {
+      this.guestPowerOff();
+      return;
+    }
+    const report: InternalErrorReport = { vcpu: vcpu.id, reason: exitName(reason) };
+    if (reason === EXIT.INTERNAL_ERROR && vcpu) Object.assign(report, this.describeInternalError(vcpu));
+    try {
+      const regs = native.kvmGetRegs(vcpu.fd);
+      const sregs = native.kvmGetSregs(vcpu.fd);
+      const rip = getReg(regs, 'rip');
+      report.rip = '0x' + rip.toString(16);
+      report.instructionBytes = this.instructionBytes(vcpu.fd, rip, sregs);
+    } catch (err) {
+      log.warn(`could not read vCPU ${vcpu.id} state after ${report.reason}: ${(err as Error).message}`);
+    }
+    this.lastError = report;
+    log.error(`${this.config.name}: vCPU ${vcpu.id} stopped: ${report.reason}` +
+      (report.rip ? ` at RIP ${report.rip} bytes [${report.instructionBytes}]` : ''));
+    void this.pause('internal-error', true);
+  }
+
+  private describeInternalError(vcpu: Vcpu): Partial<InternalErrorReport> {
+    const run = (vcpu as unknown as { runView: DataView }).runView;
+    const suberror = KVM_RUN.num(run, 0, 'internal_suberror');
+    return {
+      suberror,
+      reason: suberror === KVM_INTERNAL_ERROR_EMULATION ? 'emulation failure' : `KVM internal error, suberror ${suberror}`,
+    };
+  }
+
+  /** Up to 16 bytes at CS:RIP, through the guest's page tables. */
+  private instructionBytes(vcpuFd: number, rip: bigint, sregs: Buffer): string {
+    const linear = BigInt(getSegment(sregs, 'cs').base) + rip;
+    const cr0 = getSreg(sregs, 'cr0');
+    let gpa = linear;
+    if (cr0 & 0x8000_0000n) {
+      const t = native.kvmTranslate(vcpuFd, linear);
+      if (!t.valid) return '(RIP not mapped)';
+      gpa = t.physicalAddress;
+    }
+    try {
+      return [...this.memory.read(Number(gpa), 16)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    } catch {
+      return '(RIP outside RAM)';
+    }
+  }
+
+  /** The guest asked for power-off (ACPI S5): SHUTDOWN, then stop. */
+  guestPowerOff(): void {
+    void this.shutdown('guest-shutdown', true);
+  }
+
+  private guestReset(reason: string): void {
+    if (this.config.onReboot === 'destroy') {
+      void this.shutdown(reason, true);
+      return;
+    }
+    void this.reset(reason);
+  }
+
+  async shutdown(reason: string, guest: boolean): Promise<void> {
+    if (this.status === 'shutdown') return;
+    await this.pause('shutdown', false);
+    this.emit('event', 'SHUTDOWN', { guest, reason });
+  }
+
+  /** system_reset and guest reboots: reload the boot image and restart from the entry point. */
+  async reset(reason = 'host-qmp-system-reset'): Promise<void> {
+    const wasRunning = this.status === 'running';
+    await this.pause(this.status === 'running' ? 'paused' : this.status, false);
+    this.loadImageAndResetVcpus();
+    this.emit('event', 'RESET', { guest: reason.startsWith('guest'), reason });
+    if (wasRunning) {
+      this.status = 'paused';
+      for (const v of this.vcpus) v.resume();
+      this.status = 'running';
+    }
+  }
+
+  /** system_powerdown: the graceful request, Ctrl-Alt-Del on the keyboard. */
+  requestPowerdown(): void {
+    this.emit('event', 'POWERDOWN', undefined);
+    this.i8042.sendCtrlAltDel();
+  }
+
+  /** Stops threads and closes every fd this VM owns. */
+  destroy(): void {
+    for (const v of this.vcpus) v.stopThread();
+    for (const v of this.vcpus) closeQuietly(v.fd);
+    closeQuietly(this.vmFd);
+    closeQuietly(this.kvmFd);
+    closeQuietly(this.memFd);
+  }
+
+  enableDirtyLogging(on: boolean): void {
+    this.memory.regions.forEach((r, slot) => native.kvmSetUserMemoryRegion(this.vmFd, {
+      slot, flags: on ? KVM_MEM_LOG_DIRTY_PAGES : 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: r.hostAddress,
+    }));
+  }
+}
+
+function openKvm(): number {
+  try {
+    return native.kvmOpen('/dev/kvm');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new BatonError('ENOKVM', `cannot open /dev/kvm (${e.code}): baton-hv needs KVM; check that the kvm module is loaded and you may open the device`);
+  }
+}
+
+function createRamFd(config: MachineConfig, bytes: number): number {
+  let fd: number;
+  if (config.memory.backing === 'file') {
+    const path = config.memory.path as string;
+    fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
+    // fs fds are not close-on-exec in Node; dup through the addon would be neater but this one stays with us.
+  } else {
+    fd = native.memfdCreate(`baton-ram-${config.name}`, {});
+  }
+  native.ftruncate(fd, bytes);
+  return fd;
+}
+
+function safeTscKhz(vcpuFd: number): number {
+  try {
+    return native.kvmGetTscKhz(vcpuFd);
+  } catch {
+    return 0;
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try { native.close(fd); } catch { /* already closed */ }
+}

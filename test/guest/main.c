@@ -1,0 +1,80 @@
+/*
+ * Ring-3 entry: say we are ready, read the PVH start info, and run the mode named by the
+ * first word of the command line. Modes never return; they end by powering off, resetting
+ * or halting.
+ */
+#include "guest.h"
+#include "pvh.h"
+
+struct boot_info boot_info;
+
+static void boot_info_read(uint64_t start_info_paddr)
+{
+	const struct hvm_start_info *info = (const struct hvm_start_info *)start_info_paddr;
+	boot_info.cmdline = "";
+	if (!info || info->magic != HVM_START_MAGIC) {
+		static const char reason[] = "%ebx does not point at struct hvm_start_info (magic 0x336ec578)";
+		fail("bad PVH boot:", reason, sizeof reason - 1);
+	}
+	if (info->cmdline_paddr)
+		boot_info.cmdline = (const char *)info->cmdline_paddr;
+	boot_info.rsdp_paddr = info->rsdp_paddr;
+	if (info->version < 1 || !info->memmap_paddr)
+		return;
+	const struct hvm_memmap_table_entry *entry = (const struct hvm_memmap_table_entry *)info->memmap_paddr;
+	for (uint32_t i = 0; i < info->memmap_entries; i++, entry++) {
+		if (entry->type != HVM_MEMMAP_TYPE_RAM)
+			continue;
+		boot_info.ram_bytes += entry->size;
+		if (entry->addr + entry->size > boot_info.ram_top)
+			boot_info.ram_top = entry->addr + entry->size;
+	}
+}
+
+void mode_reboot_test(const char *options)
+{
+	(void)options;
+	reset_via_i8042();
+}
+
+struct mode {
+	const char *name;
+	void (*run)(const char *options);   /* options: the rest of the command line */
+};
+
+/*
+ * Network modes (echo: answer ARP/ICMP/UDP echo; sink: receive and count; source: send at
+ * full rate) join this table together with pci.c (config mechanism #1 at 0xcf8/0xcfc, BAR
+ * discovery) and virtio.c (a virtio-net-pci driver polling its queues from ring 3).
+ */
+static const struct mode modes[] = {
+	{ "counter", mode_counter },
+	{ "reboot-test", mode_reboot_test },
+};
+
+#define DEFAULT_MODE "counter"   /* for an empty command line */
+
+static bool word_is(const char *word, size_t length, const char *name)
+{
+	size_t i = 0;
+	while (i < length && name[i] && word[i] == name[i])
+		i++;
+	return i == length && !name[i];
+}
+
+void __attribute__((noreturn)) ring3_main(uint64_t start_info_paddr)
+{
+	console_puts(GUEST_TAG "ready\n");
+	boot_info_read(start_info_paddr);
+
+	const char *options = boot_info.cmdline, *word;
+	size_t length;
+	if (!cmdline_word(&options, &word, &length)) {
+		word = DEFAULT_MODE;
+		length = strlen(DEFAULT_MODE);
+	}
+	for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+		if (word_is(word, length, modes[i].name))
+			modes[i].run(options);
+	fail("unknown mode", word, length);
+}

@@ -39,6 +39,9 @@ void __attribute__((noreturn)) fail(const char *what, const char *detail, size_t
 /* Modes: one function per command-line mode, all run in ring 3 (see main.c). */
 void __attribute__((noreturn)) mode_counter(const char *options);
 void __attribute__((noreturn)) mode_reboot_test(const char *options);
+void __attribute__((noreturn)) mode_echo(const char *options);     /* net.c */
+void __attribute__((noreturn)) mode_sink(const char *options);
+void __attribute__((noreturn)) mode_source(const char *options);
 
 /* Boot facts gathered from hvm_start_info (main.c). */
 struct boot_info {

@@ -42,14 +42,13 @@ struct mode {
 	void (*run)(const char *options);   /* options: the rest of the command line */
 };
 
-/*
- * Network modes (echo: answer ARP/ICMP/UDP echo; sink: receive and count; source: send at
- * full rate) join this table together with pci.c (config mechanism #1 at 0xcf8/0xcfc, BAR
- * discovery) and virtio.c (a virtio-net-pci driver polling its queues from ring 3).
- */
+/* The network modes (net.c) drive virtio-net-pci from ring 3: pci.c, virtio.c, virtio_net.c. */
 static const struct mode modes[] = {
 	{ "counter", mode_counter },
 	{ "reboot-test", mode_reboot_test },
+	{ "echo", mode_echo },
+	{ "sink", mode_sink },
+	{ "source", mode_source },
 };
 
 #define DEFAULT_MODE "counter"   /* for an empty command line */

@@ -205,11 +205,19 @@ uint64_t pci_bar_address(const struct pci_function *f, unsigned bar)
 			lower++;
 		}
 	}
-	struct bar_info info = bar_probe(f, bar);
-	if (!info.size)
+	/* Placed already, below 4 GiB: use it as it is (sizing would briefly turn decoding off). */
+	uint8_t offset = (uint8_t)(PCI_BAR0 + 4 * bar);
+	uint32_t low = pci_read32(f, offset);
+	if (low & PCI_BAR_IO)
 		return 0;
-	if (info.address && info.address + info.size <= 0x100000000ull)
-		return info.address;
+	bool is_64bit = (low & PCI_BAR_MEMORY_TYPE_MASK) == PCI_BAR_MEMORY_TYPE_64;
+	uint32_t high = is_64bit && bar + 1 < PCI_BAR_COUNT ? pci_read32(f, offset + 4) : 0;
+	if ((low & PCI_BAR_MEMORY_ADDRESS_MASK) && !high)
+		return low & PCI_BAR_MEMORY_ADDRESS_MASK;
+
+	struct bar_info info = bar_probe(f, bar);
+	if (!info.size || info.size > PCI_ASSIGN_LIMIT - PCI_ASSIGN_BASE)
+		return 0;
 
 	/* First fit from PCI_ASSIGN_BASE, size-aligned, past every other assigned BAR. */
 	struct range_search search = { (PCI_ASSIGN_BASE + info.size - 1) & ~(info.size - 1), info.size, f, bar, true };
@@ -220,7 +228,6 @@ uint64_t pci_bar_address(const struct pci_function *f, unsigned bar)
 	if (search.candidate + search.size > PCI_ASSIGN_LIMIT)
 		return 0;
 
-	uint8_t offset = (uint8_t)(PCI_BAR0 + 4 * bar);
 	uint16_t command = pci_read16(f, PCI_COMMAND);
 	pci_write16(f, PCI_COMMAND, command & (uint16_t)~PCI_COMMAND_MEMORY);
 	uint32_t low_flags = pci_read32(f, offset) & ~PCI_BAR_MEMORY_ADDRESS_MASK;

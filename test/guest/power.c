@@ -11,6 +11,10 @@
 #define I8042_STATUS_AUX_DATA     0x20      /* the byte is from the mouse port */
 #define I8042_STATUS_ABSENT       0xff      /* what an unassigned port reads (QEMU microvm) */
 #define I8042_COMMAND_PULSE_RESET 0xfe
+#define I8042_COMMAND_READ_CONFIG 0x20
+#define I8042_COMMAND_WRITE_CONFIG 0x60
+#define I8042_CONFIG_TRANSLATE    0x40      /* set 2 from the keyboard becomes set 1 */
+#define I8042_REPLY_POLLS         100
 #define I8042_MAX_BYTES_PER_POLL  16
 
 /* Scancode set 1 (what the controller delivers with translation on). */
@@ -30,10 +34,35 @@
 #define EXIT_GRACE_MS             1000
 #define EXIT_GRACE_KHZ_GUESS      3000000   /* when the TSC was never calibrated */
 
-static bool ctrl_down, alt_down, extended_prefix;
+static bool ctrl_down, alt_down, extended_prefix, translation_checked;
+
+/*
+ * Without firmware that configures the controller (QEMU with qboot, for one) the keyboard
+ * speaks scancode set 2 untranslated; turn translation on so what arrives is set 1. A
+ * controller that does not answer the read is left alone.
+ */
+static void i8042_enable_translation(void)
+{
+	translation_checked = true;
+	if (inb(I8042_STATUS) == I8042_STATUS_ABSENT)
+		return;
+	outb(I8042_COMMAND, I8042_COMMAND_READ_CONFIG);
+	for (int i = 0; i < I8042_REPLY_POLLS; i++) {
+		if (inb(I8042_STATUS) & I8042_STATUS_OUTPUT_FULL) {
+			uint8_t config = inb(I8042_DATA);
+			if (!(config & I8042_CONFIG_TRANSLATE)) {
+				outb(I8042_COMMAND, I8042_COMMAND_WRITE_CONFIG);
+				outb(I8042_DATA, config | I8042_CONFIG_TRANSLATE);
+			}
+			return;
+		}
+	}
+}
 
 bool power_request_pending(void)
 {
+	if (!translation_checked)
+		i8042_enable_translation();
 	for (int i = 0; i < I8042_MAX_BYTES_PER_POLL; i++) {
 		uint8_t status = inb(I8042_STATUS);
 		if (status == I8042_STATUS_ABSENT || !(status & I8042_STATUS_OUTPUT_FULL))

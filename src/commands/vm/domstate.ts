@@ -1,0 +1,28 @@
+import { Args, Flags } from '@oclif/core';
+import { BatonCommand } from '../base';
+
+export default class Domstate extends BatonCommand<typeof Domstate> {
+  static override summary = 'Print the state of a domain.';
+
+  static override description = `Prints running, paused or shut off (virsh's words). A domain whose hypervisor died is
+shown as "shut off" with reason "crashed": the recorded pid and its start time are checked, so
+a dead or reused pid is never taken for a running domain.`;
+
+  static override examples = ['<%= config.bin %> <%= command.id %> demo', '<%= config.bin %> <%= command.id %> demo --reason', '<%= config.bin %> <%= command.id %> demo --json'];
+
+  static override args = {
+    domain: Args.string({ description: 'domain name or UUID', required: true }),
+  };
+
+  static override flags = {
+    reason: Flags.boolean({ description: 'also print why the domain is in this state, e.g. "shut off (crashed)"' }),
+  };
+
+  public async run(): Promise<{ name: string; state: string; reason: string; id: number | null }> {
+    const store = this.store();
+    const domain = store.get(this.args.domain);
+    const status = store.state(domain.name);
+    if (!this.jsonEnabled()) this.log(this.flags.reason ? `${status.state} (${status.reason})` : status.state);
+    return { name: domain.name, state: status.state, reason: status.reason, id: status.id ?? null };
+  }
+}

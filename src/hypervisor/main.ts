@@ -47,8 +47,18 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     }
   });
   vm.startThreads();
-  if (config.incoming) vm.setStatus('inmigrate');
-  else if (!config.startPaused) vm.resume();
+  if (config.incoming) {
+    vm.setStatus('inmigrate');
+    // QEMU's -incoming URI starts loading at once; 'defer' waits for migrate-incoming.
+    if (config.incoming !== 'defer') {
+      monitor.migration.migrateIn(config.incoming, !config.startPaused).catch((err: Error) => {
+        process.stderr.write(`baton-hv: load of migration failed: ${err.message}\n`);
+        void hv.quit(1);
+      });
+    }
+  } else if (!config.startPaused) {
+    vm.resume();
+  }
   return hv;
 }
 

@@ -1,10 +1,112 @@
+/**
+ * The VM's QMP commands, QEMU's names and argument shapes: run control, power, reset,
+ * status, and the migration commands behind save/restore. The monitor server owns the
+ * protocol; this file only maps commands onto the Vm and the MigrationManager.
+ */
+import { BatonError } from '../util/errors';
 import type { Hypervisor } from './main';
+import { MigrationManager } from './migration/migration-manager';
+import { QmpServer, genericError } from './monitor';
 
 export interface MonitorHandle {
+  server: QmpServer;
+  migration: MigrationManager;
   emitEvent(name: string, data?: Record<string, unknown>): void;
   close(): Promise<void>;
 }
 
-export async function startMonitor(_hv: Hypervisor): Promise<MonitorHandle> {
-  return { emitEvent: () => undefined, close: async () => undefined };
+/** QEMU's text when a VM must be reset before it can run again. */
+const NEEDS_RESET = 'Resetting the Virtual Machine is required';
+
+function asQmp<T>(fn: () => Promise<T> | T): Promise<T> {
+  return Promise.resolve().then(fn).catch((err: Error) => {
+    throw err instanceof BatonError && err.code === 'QMP_ERROR' ? err : genericError(err.message);
+  });
+}
+
+export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
+  const { vm, config } = hv;
+  const server = new QmpServer();
+  const migration = new MigrationManager(vm, (n, d) => server.emitEvent(n, d));
+  const reg = (name: string, def: Parameters<QmpServer['registerCommand']>[1]) => server.registerCommand(name, def);
+
+  reg('query-status', {
+    handler: () => ({ status: vm.status, singlestep: false, running: vm.status === 'running' }),
+  });
+  reg('stop', {
+    handler: () => asQmp(async () => {
+      if (vm.status === 'running') await vm.pause('paused');
+      else if (vm.status === 'prelaunch') config.startPaused = true;
+      return {};
+    }),
+  });
+  reg('cont', {
+    handler: () => asQmp(() => {
+      if (vm.status === 'internal-error' || vm.status === 'shutdown') throw genericError(NEEDS_RESET);
+      if (vm.status === 'inmigrate') {
+        migration.autostart = true;
+        return {};
+      }
+      vm.resume();
+      return {};
+    }),
+  });
+  reg('system_powerdown', { handler: () => { vm.requestPowerdown(); return {}; } });
+  reg('system_reset', {
+    handler: () => asQmp(async () => {
+      await vm.reset('host-qmp-system-reset');
+      return {};
+    }),
+  });
+  reg('quit', {
+    handler: (_args, ctx) => {
+      ctx.afterResponse(() => {
+        server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+        setTimeout(() => void hv.quit(0), 10);
+      });
+      return {};
+    },
+  });
+  // Baton extension (QEMU prints this on stderr): why the VM is in internal-error.
+  reg('x-query-internal-error', { handler: () => vm.lastError ?? {} });
+
+  reg('migrate-set-capabilities', {
+    args: { capabilities: { array: { struct: { capability: 'str', state: 'bool' } } } },
+    handler: (args) => {
+      const caps = args.capabilities as { capability: string; state: boolean }[];
+      for (const c of caps) {
+        if (!migration.capabilities.has(c.capability)) throw genericError(`Parameter 'capability' does not accept value '${c.capability}'`);
+      }
+      for (const c of caps) migration.capabilities.set(c.capability, c.state);
+      return {};
+    },
+  });
+  reg('query-migrate-capabilities', {
+    handler: () => [...migration.capabilities].map(([capability, state]) => ({ capability, state })),
+  });
+  reg('migrate', {
+    args: { uri: 'str', '*blk': 'bool', '*inc': 'bool', '*detach': 'bool', '*resume': 'bool' },
+    handler: (args) => asQmp(async () => {
+      // QEMU answers at once and reports progress through query-migrate and events.
+      migration.migrateOut(args.uri as string).catch(() => undefined);
+      return {};
+    }),
+  });
+  reg('migrate-incoming', {
+    args: { uri: 'str' },
+    handler: (args) => asQmp(async () => {
+      if (config.incoming !== 'defer') throw genericError("'-incoming' was not specified on the command line");
+      migration.migrateIn(args.uri as string, !config.startPaused).catch(() => hv.quit(1));
+      return {};
+    }),
+  });
+  reg('query-migrate', { handler: () => migration.query() });
+
+  await server.listen(config.monitor.socket);
+  return {
+    server,
+    migration,
+    emitEvent: (n, d) => server.emitEvent(n, d),
+    close: () => server.close(),
+  };
 }

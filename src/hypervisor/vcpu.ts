@@ -13,7 +13,7 @@ const log = loggerFor('vcpu');
 
 export interface VcpuThread {
   run: ArrayBuffer;
-  resume(): void;
+  resume(immediateExit?: boolean): void;
   kick(): void;
   stop(): void;
 }
@@ -54,7 +54,6 @@ export class Vcpu {
   resume(): void {
     if (!this.thread) throw new Error(`vCPU ${this.id}: thread not started`);
     this.pauseRequested = false;
-    KVM_RUN.set(this.runView, 0, 'immediate_exit', 0);
     this.parked = false;
     this.thread.resume();
   }
@@ -96,8 +95,7 @@ export class Vcpu {
     }
     if (this.pauseRequested) {
       // Re-enter once with immediate_exit so KVM completes this exit's I/O, then park.
-      KVM_RUN.set(this.runView, 0, 'immediate_exit', 1);
-      this.thread?.resume();
+      this.thread?.resume(true);
       return;
     }
     this.thread?.resume();

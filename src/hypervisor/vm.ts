@@ -28,7 +28,7 @@ import { Vcpu, VcpuHost } from './vcpu';
 import { cpuModel, cpuidForVcpu, CpuidEntry } from './x86/cpu-model';
 import { setupFpu, setupLint } from './x86/boot-regs';
 import { getReg, getSegment, getSreg } from './x86/kvm-structs';
-import { EXIT, KVM_INTERNAL_ERROR_EMULATION, KVM_RUN, KVM_RUN_INTERNAL_DATA, exitName } from './x86/kvm-run';
+import { EXIT, KVM_INTERNAL_ERROR_EMULATION, KVM_RUN, exitName } from './x86/kvm-run';
 
 const log = loggerFor('vm');
 
@@ -118,7 +118,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     this.serial = new Serial8250(this.irqLine(COM1_IRQ), (bytes) => this.emit('serialOutput', bytes));
     this.pio.register(COM1_PORT, 8, 'serial0', this.serial);
     this.i8042 = new I8042(this.irqLine(I8042_IRQ), () => this.guestReset('guest-reset'));
-    this.pio.register(0x60, 1, 'i8042-data', { read: (_o, s) => this.i8042.read(0), write: (_o, s, v) => this.i8042.write(0, s, v) });
+    this.pio.register(0x60, 1, 'i8042-data', { read: () => this.i8042.read(0), write: (_o, s, v) => this.i8042.write(0, s, v) });
     this.pio.register(0x64, 1, 'i8042-cmd', { read: () => this.i8042.read(4), write: (_o, s, v) => this.i8042.write(4, s, v) });
     this.pm = new AcpiPm(() => this.guestPowerOff());
     this.pio.register(PM1A_BASE, PM1A_LENGTH, 'acpi-pm1a', this.pm);

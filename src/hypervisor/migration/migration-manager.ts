@@ -26,6 +26,8 @@ export class MigrationManager {
   status: MigrationStatus = 'none';
   capabilities = new Map<string, boolean>([['events', false], ['x-ignore-shared', false], ['return-path', false]]);
   private info: MigrationInfo = { status: 'none' };
+  /** `cont` during inmigrate: run once the incoming state is loaded. */
+  autostart = false;
 
   constructor(
     private readonly vm: Vm,
@@ -104,7 +106,7 @@ export class MigrationManager {
       this.setStatus('active');
       const { status } = await restoreVm(this.vm, src);
       this.setStatus('completed');
-      if (status === 'running' && autostart) this.vm.resume();
+      if ((status === 'running' && autostart) || this.autostart) this.vm.resume();
       else this.vm.setStatus('paused');
     } catch (err) {
       const e = err as Error;

@@ -20,6 +20,8 @@ export const USAGE = `usage: baton-hv [--config FILE.json] [options]
   --monitor PATH          QMP socket (required)
   --serial-socket PATH    console socket
   --serial-log PATH       append the guest's serial output here
+  --netdev tap,id=ID,...  a TAP backend, QEMU's options (repeatable)
+  --device virtio-net-pci,netdev=ID[,id=,mac=,mq=]   a NIC (repeatable)
   -S                      start with vCPUs stopped (status prelaunch)
   --incoming URI          defer | file:PATH | unix:PATH
   --no-reboot             a guest reboot ends the VM
@@ -35,6 +37,7 @@ export function parseHvArgs(argv: string[]): MachineConfig {
         append: { type: 'string' }, memory: { type: 'string', short: 'm' }, 'mem-path': { type: 'string' },
         smp: { type: 'string' }, cpu: { type: 'string' }, monitor: { type: 'string' },
         'serial-socket': { type: 'string' }, 'serial-log': { type: 'string' }, S: { type: 'boolean', short: 'S' },
+        netdev: { type: 'string', multiple: true }, device: { type: 'string', multiple: true },
         incoming: { type: 'string' }, 'no-reboot': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -73,6 +76,8 @@ export function parseHvArgs(argv: string[]): MachineConfig {
     cpuModel: v.cpu ?? base.cpuModel,
     monitor: v.monitor ? { socket: v.monitor } : base.monitor,
     serial: { ...base.serial, ...(v['serial-socket'] ? { socket: v['serial-socket'] } : {}), ...(v['serial-log'] ? { logFile: v['serial-log'] } : {}) },
+    netdevs: [...(base.netdevs ?? []), ...(v.netdev ?? [])],
+    devices: [...(base.devices ?? []), ...(v.device ?? [])],
     startPaused: v.S ?? base.startPaused,
     incoming: v.incoming ?? base.incoming,
     onReboot: v['no-reboot'] ? 'destroy' : base.onReboot,

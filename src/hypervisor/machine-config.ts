@@ -16,6 +16,10 @@ export interface MachineConfig {
   initrd?: string;
   cmdline: string;
   serial: { socket?: string; logFile?: string };
+  /** QEMU `-netdev` option strings (tap only), e.g. "tap,id=n0,ifname=tap0,script=no,downscript=no". */
+  netdevs: string[];
+  /** QEMU `-device` option strings (virtio-net-pci only), e.g. "virtio-net-pci,netdev=n0,id=nic0". */
+  devices: string[];
   monitor: { socket: string };
   /** Start with vCPUs stopped (QEMU's -S): status `prelaunch` until `cont`. */
   startPaused: boolean;
@@ -51,7 +55,7 @@ export function validateMachineConfig(input: Partial<MachineConfig>): MachineCon
   return {
     name: input.name, uuid: input.uuid, memory: mem, vcpus: input.vcpus as number, cpuModel,
     kernel: input.kernel, initrd: input.initrd, cmdline: input.cmdline ?? '',
-    serial: input.serial ?? {}, monitor: input.monitor, startPaused: input.startPaused ?? false,
+    serial: input.serial ?? {}, netdevs: input.netdevs ?? [], devices: input.devices ?? [], monitor: input.monitor, startPaused: input.startPaused ?? false,
     incoming: input.incoming, onPoweroff: input.onPoweroff ?? 'destroy', onReboot: input.onReboot ?? 'restart',
     onCrash: input.onCrash ?? 'destroy',
   };

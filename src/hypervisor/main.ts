@@ -7,6 +7,7 @@ import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { parseHvArgs } from './cli-args';
 import { MachineConfig } from './machine-config';
+import { Nics } from './nics';
 import { startMonitor } from './qmp-commands';
 import { SerialConsole } from './serial-console';
 import { Vm } from './vm';
@@ -15,6 +16,7 @@ const log = loggerFor('baton-hv');
 
 export interface Hypervisor {
   vm: Vm;
+  nics: Nics;
   config: MachineConfig;
   /** Ends the process's VM, closes sockets; resolves when done. */
   quit(code?: number): Promise<void>;
@@ -22,17 +24,28 @@ export interface Hypervisor {
 
 export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> {
   const vm = Vm.create(config, { loadImage: !config.incoming });
+  const nics = new Nics(vm);
+  try {
+    for (const n of config.netdevs) nics.addNetdev(n, undefined, { incoming: !!config.incoming });
+    for (const d of config.devices) nics.addDevice(d);
+  } catch (err) {
+    nics.closeAll();
+    vm.destroy();
+    throw err;
+  }
   const console = new SerialConsole((d) => vm.serial.input(d));
   vm.on('serialOutput', (bytes) => console.write(bytes));
   let quitting = false;
   const hv: Hypervisor = {
     vm,
+    nics,
     config,
     quit: async (code = 0) => {
       if (quitting) return;
       quitting = true;
       await monitor.close();
       console.close();
+      nics.closeAll();
       vm.destroy();
       process.exitCode = code;
     },

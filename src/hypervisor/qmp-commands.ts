@@ -6,7 +6,7 @@
 import { BatonError } from '../util/errors';
 import type { Hypervisor } from './main';
 import { MigrationManager } from './migration/migration-manager';
-import { QmpServer, genericError } from './monitor';
+import { QmpCommandContext, QmpMembers, QmpServer, genericError } from './monitor';
 
 export interface MonitorHandle {
   server: QmpServer;
@@ -102,6 +102,8 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   });
   reg('query-migrate', { handler: () => migration.query() });
 
+  registerNicCommands(hv, reg);
+
   await server.listen(config.monitor.socket);
   return {
     server,
@@ -109,4 +111,42 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
     emitEvent: (n, d) => server.emitEvent(n, d),
     close: () => server.close(),
   };
+}
+
+/** `-netdev tap` options as QMP netdev_add members (QEMU's NetdevTapOptions, plus incoming-fds). */
+const TAP_MEMBERS: QmpMembers = {
+  type: { enum: ['tap'] }, id: 'str', '*ifname': 'str', '*fd': 'str', '*fds': 'str', '*script': 'str', '*downscript': 'str',
+  '*br': 'str', '*helper': 'str', '*sndbuf': 'size', '*vnet_hdr': 'bool', '*vhost': 'bool', '*vhostfd': 'str',
+  '*vhostfds': 'str', '*vhostforce': 'bool', '*queues': 'uint32', '*poll-us': 'uint32', '*incoming-fds': 'bool',
+};
+const DEVICE_MEMBERS: QmpMembers = {
+  driver: 'str', '*id': 'str', '*netdev': 'str', '*mac': 'str', '*mq': 'bool', '*local-migration': 'bool',
+  '*bus': 'str', '*addr': 'str', '*romfile': 'str', '*disable-legacy': 'str', '*vectors': 'uint32',
+};
+
+function registerNicCommands(hv: Hypervisor, reg: (name: string, def: Parameters<QmpServer['registerCommand']>[1]) => void): void {
+  const { nics, config } = hv;
+  // fd=NAME and fds=A:B name fds passed earlier with getfd on this monitor connection.
+  const resolver = (ctx: QmpCommandContext) => (nameOrNumber: string): number => {
+    if (/^\d+$/.test(nameOrNumber)) return Number(nameOrNumber);
+    const fd = ctx.fds.take(nameOrNumber);
+    if (fd === undefined) throw genericError(`File descriptor named '${nameOrNumber}' has not been found`);
+    return fd;
+  };
+  reg('netdev_add', {
+    args: TAP_MEMBERS,
+    handler: (args, ctx) => asQmp(() => {
+      nics.addNetdev(args as Record<string, string | number | boolean>, resolver(ctx), { incoming: !!config.incoming });
+      return {};
+    }),
+  });
+  reg('netdev_del', { args: { id: 'str' }, handler: (args) => asQmp(() => { nics.delNetdev(args.id as string); return {}; }) });
+  reg('device_add', { args: DEVICE_MEMBERS, handler: (args) => asQmp(() => { nics.addDevice(args); return {}; }) });
+  reg('device_del', { args: { id: 'str' }, handler: (args) => asQmp(() => { nics.delDevice(args.id as string); return {}; }) });
+  reg('set_link', {
+    args: { name: 'str', up: 'bool' },
+    handler: (args) => asQmp(() => { nics.setLink(args.name as string, args.up as boolean); return {}; }),
+  });
+  // Baton extension: NICs with their backends (QEMU shows this only in HMP `info network`).
+  reg('x-query-nics', { handler: () => nics.info() });
 }

@@ -22,15 +22,19 @@ export interface VcpuThread {
 export interface VcpuHost {
   pio: IoBus;
   mmio: IoBus;
-  /** A terminal exit (shutdown, internal error, KVM failure): the VM decides. */
-  onFatalExit(vcpu: Vcpu, reason: number): void;
+  /**
+   * Any other exit (shutdown, internal error, KVM failure): the VM decides. Returns true
+   * when it dealt with it and the vCPU should go on (e.g. an instruction it completed).
+   */
+  onFatalExit(vcpu: Vcpu, reason: number): boolean;
   /** The vCPU parked after a kick. */
   onParked(vcpu: Vcpu): void;
 }
 
 export class Vcpu {
   private thread?: VcpuThread;
-  private runView!: DataView;
+  /** The vCPU's kvm_run page (exit details), valid once the thread started. */
+  runView!: DataView;
   private runBytes!: Uint8Array;
   /** True while the thread waits in userspace for us (not in KVM_RUN, not mid-exit). */
   parked = true;
@@ -87,8 +91,8 @@ export class Vcpu {
         // nothing to do: re-enter
       } else {
         this.parked = true;
-        this.host.onFatalExit(this, reason);
-        return;
+        if (!this.host.onFatalExit(this, reason)) return;
+        this.parked = false;
       }
     } catch (err) {
       log.error(`vCPU ${this.id}: handling ${exitName(reason)} failed: ${(err as Error).message}`);

@@ -21,7 +21,9 @@ import { IoBus, IrqLine } from './devices/io-bus';
 import { PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA, PciHost } from './devices/pci';
 import { Serial8250 } from './devices/serial';
 import { GuestMemory, GuestRamRegion } from './guest-memory';
-import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB } from './layout';
+import { GsiRouter } from './devices/virtio/gsi-router';
+import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, MiB } from './layout';
+import { PciIrqRoute, writeMptable } from './boot/mptable';
 import { MachineConfig } from './machine-config';
 import type { DeviceStateOwner } from './migration/vm-state';
 import { Vcpu, VcpuHost } from './vcpu';
@@ -46,6 +48,8 @@ export interface VmEvents {
   /** QMP-shaped lifecycle events: STOP, RESUME, SHUTDOWN, RESET, POWERDOWN. */
   event: [name: string, data: Record<string, unknown> | undefined];
   serialOutput: [bytes: Buffer];
+  /** vCPUs started (true) or all parked (false): devices with a data path follow this. */
+  running: [running: boolean];
 }
 
 export interface InternalErrorReport {
@@ -60,6 +64,10 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   readonly pio = new IoBus('pio');
   readonly mmio = new IoBus('mmio');
   readonly pci = new PciHost();
+  /** INTx routes of PCI devices, for the MP table. */
+  private readonly pciRoutes: PciIrqRoute[] = [];
+  private imageLoaded = false;
+  gsiRouter!: GsiRouter;
   serial!: Serial8250;
   i8042!: I8042;
   pm!: AcpiPm;
@@ -69,6 +77,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   private pauseWaiters: (() => void)[] = [];
   /** Device state sections beyond the legacy devices (NICs add theirs). */
   readonly extraDeviceState: DeviceStateOwner[] = [];
+  /**
+   * Called on KVM_EXIT_INTERNAL_ERROR before the VM gives up: returns true when it
+   * completed the instruction the host's emulator rejected (vCPU state updated).
+   */
+  instructionCompleter?: (vcpu: Vcpu) => boolean;
   /** The status to record in a save taken while we pause for it. */
   statusBeforeSave?: RunStatus;
   private cpuid: CpuidEntry[] = [];
@@ -100,6 +113,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
       return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
     });
     const vm = new Vm(config, kvmFd, vmFd, memFd, new GuestMemory(regions));
+    vm.gsiRouter = new GsiRouter(vmFd);
     vm.createDevices();
     vm.createVcpus();
     if (opts.loadImage !== false) vm.loadImageAndResetVcpus();
@@ -142,7 +156,8 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
 
   /** Loads kernel/initrd/cmdline/tables into RAM and puts every vCPU in its boot state. */
   loadImageAndResetVcpus(): void {
-    const boot = loadBootImage(this.memory, this.config);
+    const boot = loadBootImage(this.memory, this.config, this.pciRoutes);
+    this.imageLoaded = true;
     for (const vcpu of this.vcpus) {
       const lapic = native.kvmGetLapic(vcpu.fd);
       setupLint(lapic);
@@ -160,6 +175,17 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     log.info(`${this.config.name}: ${boot.description}`);
   }
 
+  addPciRoute(route: PciIrqRoute): void {
+    this.pciRoutes.push(route);
+    if (this.imageLoaded) writeMptable(this.memory, MPTABLE_ADDR, this.config.vcpus, this.pciRoutes);
+  }
+
+  removePciRoute(slot: number): void {
+    const i = this.pciRoutes.findIndex((r) => r.slot === slot);
+    if (i >= 0) this.pciRoutes.splice(i, 1);
+    if (this.imageLoaded) writeMptable(this.memory, MPTABLE_ADDR, this.config.vcpus, this.pciRoutes);
+  }
+
   /** Starts vCPU threads (parked) — done before the guest may run. */
   startThreads(): void {
     for (const v of this.vcpus) v.startThread();
@@ -172,9 +198,14 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   /** `cont`: run every vCPU. */
   resume(): void {
     if (this.status === 'running') return;
+    this.runVcpus();
+    this.emit('event', 'RESUME', undefined);
+  }
+
+  private runVcpus(): void {
     for (const v of this.vcpus) v.resume();
     this.status = 'running';
-    this.emit('event', 'RESUME', undefined);
+    this.emit('running', true);
   }
 
   /** `stop`: park every vCPU; resolves once all are out of KVM_RUN. */
@@ -195,19 +226,21 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     if (!this.vcpus.every((v) => v.parked)) return;
     const waiters = this.pauseWaiters;
     this.pauseWaiters = [];
+    this.emit('running', false);
     for (const w of waiters) w();
   }
 
-  onFatalExit(vcpu: Vcpu, reason: number): void {
+  onFatalExit(vcpu: Vcpu, reason: number): boolean {
     if (reason === EXIT.SHUTDOWN) {
       // Triple fault: a PC resets.
       this.guestReset('guest-reset');
-      return;
+      return false;
     }
     if (reason === EXIT.SYSTEM_EVENT) {
       this.guestPowerOff();
-      return;
+      return false;
     }
+    if (reason === EXIT.INTERNAL_ERROR && this.instructionCompleter?.(vcpu)) return true;
     const report: InternalErrorReport = { vcpu: vcpu.id, reason: exitName(reason) };
     if (reason === EXIT.INTERNAL_ERROR && vcpu) Object.assign(report, this.describeInternalError(vcpu));
     try {
@@ -223,10 +256,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     log.error(`${this.config.name}: vCPU ${vcpu.id} stopped: ${report.reason}` +
       (report.rip ? ` at RIP ${report.rip} bytes [${report.instructionBytes}]` : ''));
     void this.pause('internal-error', true);
+    return false;
   }
 
   private describeInternalError(vcpu: Vcpu): Partial<InternalErrorReport> {
-    const run = (vcpu as unknown as { runView: DataView }).runView;
+    const run = vcpu.runView;
     const suberror = KVM_RUN.num(run, 0, 'internal_suberror');
     return {
       suberror,
@@ -276,11 +310,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     await this.pause(this.status === 'running' ? 'paused' : this.status, false);
     this.loadImageAndResetVcpus();
     this.emit('event', 'RESET', { guest: reason.startsWith('guest'), reason });
-    if (wasRunning) {
-      this.status = 'paused';
-      for (const v of this.vcpus) v.resume();
-      this.status = 'running';
-    }
+    if (wasRunning) this.runVcpus();
   }
 
   /** system_powerdown: the graceful request, Ctrl-Alt-Del on the keyboard. */

@@ -39,6 +39,8 @@ void __attribute__((noreturn)) fail(const char *what, const char *detail, size_t
 /* Modes: one function per command-line mode, all run in ring 3 (see main.c). */
 void __attribute__((noreturn)) mode_counter(const char *options);
 void __attribute__((noreturn)) mode_reboot_test(const char *options);
+void __attribute__((noreturn)) mode_triple_fault(const char *options);
+void __attribute__((noreturn)) mode_emu_fail(const char *options);
 void __attribute__((noreturn)) mode_echo(const char *options);     /* net.c */
 void __attribute__((noreturn)) mode_sink(const char *options);
 void __attribute__((noreturn)) mode_source(const char *options);
@@ -60,6 +62,12 @@ static inline uint64_t ring0_call(uint64_t number, uint64_t argument)
 	return result;
 }
 static inline void ring0_wait_until_tsc(uint64_t deadline) { ring0_call(RING0_CALL_WAIT_UNTIL_TSC, deadline); }
+static inline void ring0_emulation_failure(void) { ring0_call(RING0_CALL_EMULATION_FAILURE, 0); }
+static inline void __attribute__((noreturn)) ring0_triple_fault(void)
+{
+	ring0_call(RING0_CALL_TRIPLE_FAULT, 0);
+	__builtin_unreachable();
+}
 static inline void __attribute__((noreturn)) ring0_halt_forever(void)
 {
 	ring0_call(RING0_CALL_HALT_FOREVER, 0);

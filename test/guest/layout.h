@@ -56,5 +56,7 @@
  */
 #define RING0_CALL_WAIT_UNTIL_TSC  1   /* sti; hlt until the TSC reaches the argument */
 #define RING0_CALL_HALT_FOREVER    2   /* cli; hlt for good */
+#define RING0_CALL_TRIPLE_FAULT    3   /* empty IDT, then a fault: the CPU shuts down */
+#define RING0_CALL_EMULATION_FAILURE 4 /* an instruction this host's ring-0 emulator rejects */
 
 #endif

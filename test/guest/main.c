@@ -37,6 +37,23 @@ void mode_reboot_test(const char *options)
 	reset_via_i8042();
 }
 
+/* Misbehaving guests, for the VMM's error paths: announce, then do it. */
+void mode_triple_fault(const char *options)
+{
+	(void)options;
+	console_puts(GUEST_TAG "triple-faulting\n");
+	ring0_triple_fault();
+}
+
+void mode_emu_fail(const char *options)
+{
+	(void)options;
+	console_puts(GUEST_TAG "executing int3 in ring 0\n");
+	ring0_emulation_failure();
+	console_puts(GUEST_TAG "int3 in ring 0 completed\n");
+	ring0_halt_forever();
+}
+
 struct mode {
 	const char *name;
 	void (*run)(const char *options);   /* options: the rest of the command line */
@@ -46,6 +63,8 @@ struct mode {
 static const struct mode modes[] = {
 	{ "counter", mode_counter },
 	{ "reboot-test", mode_reboot_test },
+	{ "triple-fault", mode_triple_fault },
+	{ "emu-fail", mode_emu_fail },
 	{ "echo", mode_echo },
 	{ "sink", mode_sink },
 	{ "source", mode_source },

@@ -193,6 +193,23 @@ static void wait_until_tsc(uint64_t deadline)
 	}
 }
 
+/* With an IDT limit of 0 every exception is a #GP on the IDT itself, then a #DF that
+ * fails the same way: a triple fault, which KVM reports as KVM_EXIT_SHUTDOWN. */
+static void __attribute__((noreturn)) triple_fault(void)
+{
+	struct { uint16_t limit; uint64_t base; } __attribute__((packed)) empty = { 0, 0 };
+	__asm__ volatile("lidt %0; ud2" : : "m"(empty));
+	__builtin_unreachable();
+}
+
+/* Ring-0 `int3` is what this host's emulator refuses (KVM_EXIT_INTERNAL_ERROR, emulation
+ * failure), the same wall Linux's int3_selftest hits. A VMM that completes it injects #BP:
+ * ring0_exception then reports exception 3 and halts. */
+static void emulation_failure(void)
+{
+	__asm__ volatile("int3");
+}
+
 static uint64_t ring0_call_serve(uint64_t number, uint64_t argument)
 {
 	switch (number) {
@@ -201,6 +218,11 @@ static uint64_t ring0_call_serve(uint64_t number, uint64_t argument)
 		return 0;
 	case RING0_CALL_HALT_FOREVER:
 		halt_forever();
+	case RING0_CALL_TRIPLE_FAULT:
+		triple_fault();
+	case RING0_CALL_EMULATION_FAILURE:
+		emulation_failure();
+		return 0;
 	}
 	return (uint64_t)-1;
 }

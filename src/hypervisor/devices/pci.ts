@@ -75,7 +75,7 @@ export class PciConfigSpace {
   }
 
   barAddress(index: number): number {
-    return this.u32(PCI_BAR0 + index * 4) & ~0xf;
+    return (this.u32(PCI_BAR0 + index * 4) & ~0xf) >>> 0;
   }
 
   /** Adds a capability to the list; returns its offset. */
@@ -136,6 +136,11 @@ export class PciHost {
     if (s < 0 || s > 31 || this.slots[s]) throw new Error(`PCI slot ${slot ?? '(any)'} is not free for ${device.name}`);
     this.slots[s] = device;
     return s;
+  }
+
+  remove(slot: number): void {
+    if (slot === 0) throw new Error('the host bridge cannot be removed');
+    this.slots[slot] = undefined;
   }
 
   devices(): { slot: number; device: PciDevice }[] {

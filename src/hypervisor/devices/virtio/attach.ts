@@ -7,7 +7,6 @@ import { BatonError } from '../../../util/errors';
 import { PCI_MMIO_BASE, PCI_MMIO_SIZE } from '../../layout';
 import type { Vm } from '../../vm';
 import type { TapBackend } from '../../net/tap-backend';
-import { gsiRouterFor } from './gsi-router';
 import { BAR_LAYOUT } from './virtio-pci';
 import { VirtioNetDevice } from './virtio-net';
 import { DmaSpace } from './virtqueue';
@@ -39,7 +38,7 @@ export interface AttachedVirtioNet {
   device: VirtioNetDevice;
   slot: number;
   intxRoute: PciIntxRoute;
-  /** Undoes what attach did on the VM (the PCI slot stays: PciHost has no removal yet). */
+  /** Undoes what attach did on the VM except the PCI slot (the caller frees it). */
   detach(): void;
 }
 
@@ -66,7 +65,7 @@ export function attachVirtioNet(vm: Vm, opts: AttachVirtioNetOptions): AttachedV
   }
   const slot = opts.slot ?? freeSlot(vm);
   const intxGsi = opts.intxGsi ?? PCI_INTX_FIRST_GSI + ((slot - 1) % PCI_INTX_GSIS);
-  const router = gsiRouterFor(vm);
+  const router = vm.gsiRouter;
   // KVM_SET_GSI_ROUTING replaces the table: install the full one (legacy routes included) once.
   if (router.commits === 0) router.commit();
   const dma = new DmaSpace(vm.memory, vm.memFd);
@@ -81,16 +80,13 @@ export function attachVirtioNet(vm: Vm, opts: AttachVirtioNetOptions): AttachedV
     throw err;
   }
   vm.extraDeviceState.push(device);
-  const onEvent = (name: string): void => {
-    if (name === 'RESUME') device.setRunning(true);
-    else if (name === 'STOP' || name === 'SHUTDOWN') device.setRunning(false);
-  };
-  vm.on('event', onEvent);
+  const onRunning = (running: boolean): void => device.setRunning(running);
+  vm.on('running', onRunning);
   device.setRunning(vm.status === 'running');
   return {
     device, slot, intxRoute: { slot, pin: 0, gsi: intxGsi },
     detach: () => {
-      vm.off('event', onEvent);
+      vm.off('running', onRunning);
       const i = vm.extraDeviceState.indexOf(device);
       if (i >= 0) vm.extraDeviceState.splice(i, 1);
       device.detach();

@@ -6,7 +6,7 @@
  * GSI 0-15 to both the 8259 pair and IOAPIC pin n, GSI 16-23 to IOAPIC pin n only) plus the
  * MSI routes devices allocate above them.
  *
- * One router per VM, looked up with {@link gsiRouterFor} (Vm has no slot for it yet).
+ * One router per VM: `Vm.gsiRouter`.
  */
 import { native } from '../../../native';
 import type { GsiRoute } from '../../../native/kvm';
@@ -79,16 +79,4 @@ export class GsiRouter {
     native.kvmSetGsiRouting(this.vmFd, this.table());
     this.commits++;
   }
-}
-
-const routers = new WeakMap<object, GsiRouter>();
-
-/** The router of `vm`; created (without touching KVM) on first use, gone with the VM object. */
-export function gsiRouterFor(vm: { vmFd: number }): GsiRouter {
-  let r = routers.get(vm);
-  if (!r) {
-    r = new GsiRouter(vm.vmFd);
-    routers.set(vm, r);
-  }
-  return r;
 }

@@ -221,8 +221,7 @@ export class VirtioPciTransport implements PciDevice {
 
   /** Maps BAR 0 where the guest put it, when memory decoding is on; moves the ioeventfds with it. */
   private updateMapping(): void {
-    // PciConfigSpace.barAddress is a signed 32-bit value (negative from 2 GiB up): make it unsigned.
-    const addr = this.config.barAddress(BAR_INDEX) >>> 0;
+    const addr = this.config.barAddress(BAR_INDEX);
     const decoding = (this.config.u16(PCI_COMMAND) & PCI_COMMAND_MEMORY) !== 0;
     const want = decoding && addr !== 0 && addr + BAR_LAYOUT.size <= 2 ** 32 ? addr : -1;
     if (want === this.mappedAt) return;

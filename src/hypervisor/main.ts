@@ -23,7 +23,8 @@ export interface Hypervisor {
 }
 
 export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> {
-  const vm = Vm.create(config, { loadImage: !config.incoming });
+  // Incoming: guest RAM comes with the migration (its fd, the shared file, or copied).
+  const vm = Vm.create(config, { loadImage: !config.incoming, deferMemory: !!config.incoming });
   const nics = new Nics(vm);
   try {
     for (const n of config.netdevs) nics.addNetdev(n, undefined, { incoming: !!config.incoming });

@@ -9,7 +9,13 @@ import { loggerFor } from '../util/logger';
 import { AttachedVirtioNet, attachVirtioNet } from './devices/virtio/attach';
 import { splitNetdevString, parseNetdevTap } from './net/netdev-options';
 import { FdResolver, TapBackend, inheritedFdResolver } from './net/tap-backend';
+import { native } from '../native';
+import type { DeviceStateOwner } from './migration/vm-state';
 import { Vm } from './vm';
+
+function closeQuietly(fd: number): void {
+  try { native.close(fd); } catch { /* already closed */ }
+}
 
 const log = loggerFor('nics');
 
@@ -75,8 +81,15 @@ export interface NicInfo {
 export class Nics {
   readonly netdevs = new Map<string, TapBackend>();
   readonly devices = new Map<string, { opts: NicDeviceOptions; attached: AttachedVirtioNet }>();
+  /** Devices added before guest RAM exists (incoming migration): attached when it arrives. */
+  private readonly pending = new Map<string, NicDeviceOptions>();
 
-  constructor(private readonly vm: Vm) {}
+  constructor(private readonly vm: Vm) {
+    vm.on('memoryAttached', () => {
+      for (const opts of this.pending.values()) this.attach(opts);
+      this.pending.clear();
+    });
+  }
 
   addNetdev(input: string | Record<string, string | number | boolean>, resolveFd: FdResolver = inheritedFdResolver, opts: { incoming?: boolean } = {}): TapBackend {
     const config = parseNetdevTap(input);
@@ -105,22 +118,70 @@ export class Nics {
       throw new BatonError('EHOTPLUG', 'PCI hot-plug is not supported: add devices before the guest starts (-S / prelaunch)');
     }
     const opts = parseNicDevice(input);
-    if (this.devices.has(opts.id)) throw new BatonError('EDEVICE', `Duplicate device ID '${opts.id}'`);
-    const backend = this.netdevs.get(opts.netdev);
-    if (!backend) throw new BatonError('EDEVICE', `Property 'virtio-net-pci.netdev' can't find value '${opts.netdev}'`);
-    if ([...this.devices.values()].some((d) => d.opts.netdev === opts.netdev)) {
+    if (this.devices.has(opts.id) || this.pending.has(opts.id)) throw new BatonError('EDEVICE', `Duplicate device ID '${opts.id}'`);
+    if (!this.netdevs.has(opts.netdev)) throw new BatonError('EDEVICE', `Property 'virtio-net-pci.netdev' can't find value '${opts.netdev}'`);
+    if ([...this.devices.values(), ...[...this.pending.values()].map((o) => ({ opts: o }))].some((d) => d.opts.netdev === opts.netdev)) {
       throw new BatonError('EDEVICE', `Property 'virtio-net-pci.netdev' can't take value '${opts.netdev}', it's in use`);
     }
+    if (this.vm.hasMemory) this.attach(opts);
+    else this.pending.set(opts.id, opts);
+  }
+
+  private attach(opts: NicDeviceOptions): void {
+    const backend = this.netdevs.get(opts.netdev) as TapBackend;
+    // The netdev's fds must reach the destination before the device that uses them.
+    if (opts.localMigration) this.vm.extraDeviceState.push(this.netdevHandover(opts.netdev, backend));
     const attached = attachVirtioNet(this.vm, { id: opts.id, backend, mac: opts.mac, mq: opts.mq });
     this.devices.set(opts.id, { opts, attached });
     this.vm.addPciRoute(attached.intxRoute);
   }
 
+  /**
+   * The migration section that hands a netdev's TAP queues over (local migration): the
+   * source sends its fds, the destination's `incoming-fds` netdev adopts them.
+   */
+  private netdevHandover(id: string, backend: TapBackend): DeviceStateOwner {
+    return {
+      section: `netdev/${id}`,
+      version: 1,
+      save: () => ({ ifname: backend.ifname, queues: backend.fds.length }),
+      restore: () => undefined,
+      fds: {
+        send: () => backend.fds,
+        receive: (fds) => {
+          if (!backend.waitingForFds) {
+            for (const fd of fds) closeQuietly(fd);
+            throw new BatonError('ENETDEV', `netdev ${id} received TAP fds from the migration but was not created with incoming-fds=true`);
+          }
+          if (fds.length !== backend.queues) {
+            for (const fd of fds) closeQuietly(fd);
+            throw new BatonError('ENETDEV', `netdev ${id} expects ${backend.queues} queue fd(s); the source sent ${fds.length} (queues must match on both sides)`);
+          }
+          backend.attachFds(fds, 'incoming-fds');
+        },
+      },
+    };
+  }
+
+  /**
+   * After a completed local migration: the destination owns the TAP queues now. Forget our
+   * copies without running downscripts (the TAP stays in use).
+   */
+  releaseHandedOver(): void {
+    for (const { opts } of this.devices.values()) {
+      if (!opts.localMigration) continue;
+      for (const fd of this.netdevs.get(opts.netdev)?.releaseFds() ?? []) closeQuietly(fd);
+    }
+  }
+
   delDevice(id: string): void {
+    if (this.pending.delete(id)) return;
     const d = this.devices.get(id);
     if (!d) throw new BatonError('EDEVICE', `Device '${id}' not found`);
     if (this.vm.status !== 'prelaunch') throw new BatonError('EHOTPLUG', 'PCI hot-unplug is not supported while the guest runs');
     d.attached.detach();
+    const handover = this.vm.extraDeviceState.findIndex((o) => o.section === `netdev/${d.opts.netdev}`);
+    if (handover >= 0) this.vm.extraDeviceState.splice(handover, 1);
     this.vm.pci.remove(d.attached.slot);
     this.vm.removePciRoute(d.attached.slot);
     this.devices.delete(id);

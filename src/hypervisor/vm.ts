@@ -48,6 +48,7 @@ export interface VmEvents {
   /** QMP-shaped lifecycle events: STOP, RESUME, SHUTDOWN, RESET, POWERDOWN. */
   event: [name: string, data: Record<string, unknown> | undefined];
   serialOutput: [bytes: Buffer];
+  memoryAttached: [];
   /** vCPUs started (true) or all parked (false): devices with a data path follow this. */
   running: [running: boolean];
 }
@@ -86,38 +87,65 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   statusBeforeSave?: RunStatus;
   private cpuid: CpuidEntry[] = [];
 
+  /** Guest RAM's fd (-1 until attached) and its mapping. */
+  memFd = -1;
+  memory!: GuestMemory;
+
   private constructor(
     readonly config: MachineConfig,
     readonly kvmFd: number,
     readonly vmFd: number,
-    readonly memFd: number,
-    readonly memory: GuestMemory,
   ) {
     super();
   }
 
-  /** Builds the whole machine, ready to run, with vCPUs parked. */
-  static create(config: MachineConfig, opts: { memFd?: number; loadImage?: boolean } = {}): Vm {
+  /**
+   * Builds the machine with vCPUs parked. With `deferMemory` (an incoming migration whose
+   * RAM arrives as an fd) everything but guest RAM is built now — KVM objects and vCPUs
+   * cost milliseconds that must not fall inside the migration's pause — and the memory
+   * comes later through `attachMemory`.
+   */
+  static create(config: MachineConfig, opts: { memFd?: number; loadImage?: boolean; deferMemory?: boolean } = {}): Vm {
     const kvmFd = openKvm();
     const vmFd = native.kvmCreateVm(kvmFd);
     native.kvmSetTssAddr(vmFd, KVM_TSS_ADDR);
     native.kvmSetIdentityMapAddr(vmFd, KVM_IDENTITY_MAP_ADDR);
     native.kvmCreateIrqchip(vmFd);
     native.kvmCreatePit2(vmFd, KVM_PIT_SPEAKER_DUMMY);
-
-    const memBytes = config.memory.sizeMiB * MiB;
-    const memFd = opts.memFd ?? createRamFd(config, memBytes);
-    const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
-      const mapping = native.mmapShared(memFd, r.size, r.fdOffset);
-      native.kvmSetUserMemoryRegion(vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
-      return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
-    });
-    const vm = new Vm(config, kvmFd, vmFd, memFd, new GuestMemory(regions));
+    const vm = new Vm(config, kvmFd, vmFd);
     vm.gsiRouter = new GsiRouter(vmFd);
     vm.createDevices();
     vm.createVcpus();
-    if (opts.loadImage !== false) vm.loadImageAndResetVcpus();
+    if (!opts.deferMemory) {
+      vm.attachMemory(opts.memFd ?? createRamFd(config, config.memory.sizeMiB * MiB));
+      if (opts.loadImage !== false) vm.loadImageAndResetVcpus();
+    }
     return vm;
+  }
+
+  get hasMemory(): boolean {
+    return this.memFd >= 0;
+  }
+
+  /** Maps the memory fd as guest RAM and gives it to KVM. Takes ownership of the fd. */
+  attachMemory(memFd: number): void {
+    if (this.hasMemory) throw new BatonError('EMEMORY', `${this.config.name}: guest RAM is already attached`);
+    const memBytes = this.config.memory.sizeMiB * MiB;
+    const size = native.fstatSize(memFd);
+    if (size < memBytes) throw new BatonError('EMEMORY', `memory fd holds ${size} bytes; the VM needs ${memBytes}`);
+    const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
+      const mapping = native.mmapShared(memFd, r.size, r.fdOffset);
+      native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
+      return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
+    });
+    this.memFd = memFd;
+    this.memory = new GuestMemory(regions);
+    this.emit('memoryAttached');
+  }
+
+  /** Guest RAM for an incoming migration that copies it: a fresh fd of the configured backing. */
+  attachFreshMemory(): void {
+    this.attachMemory(createRamFd(this.config, this.config.memory.sizeMiB * MiB));
   }
 
   /** An edge-triggered ISA interrupt line on the in-kernel PIC/IOAPIC. */
@@ -325,7 +353,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     for (const v of this.vcpus) closeQuietly(v.fd);
     closeQuietly(this.vmFd);
     closeQuietly(this.kvmFd);
-    closeQuietly(this.memFd);
+    if (this.hasMemory) closeQuietly(this.memFd);
   }
 
   enableDirtyLogging(on: boolean): void {

@@ -1,17 +1,28 @@
 /**
- * The migration state machine behind QMP's migrate / migrate-incoming / query-migrate,
- * with QEMU's status names and MIGRATION events. This issue's transport is `file:` (save
- * and restore); the UNIX-socket local migration plugs its channel in here.
+ * The migration state machine behind QMP's migrate / migrate-incoming / query-migrate /
+ * migrate_cancel, with QEMU's status names and MIGRATION events.
+ *
+ * Transports: `file:` (save/restore) and `unix:` (migration to a process on this host).
+ * With the `local` parameter on a UNIX socket, guest RAM travels as its memory fd and each
+ * NIC's TAP queues as fds (SCM_RIGHTS): nothing is copied and nothing re-plumbed. Local
+ * migration over a transport that cannot carry fds is refused before anything pauses.
+ *
+ * Over `unix:` the destination answers on the same socket (QEMU's return path):
+ *   {ready}  RAM and devices exist: the source may pause now (keeps VM building out of the pause)
+ *   {done}   state loaded and the guest resumed there: the source stays stopped (postmigrate)
+ *   {error}  the destination failed: the source resumes, TAPs and RAM untouched
+ * The source resumes only when it never got `done`.
  */
 import { BatonError } from '../../util/errors';
 import { loggerFor } from '../../util/logger';
 import { Vm, RunStatus } from '../vm';
 import { ByteSink, ByteSource, FileSink, FileSource } from './byte-channel';
-import { restoreVm, saveVm } from './vm-state';
+import { UnixChannel } from './unix-channel';
+import { RamTransfer, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
 
 const log = loggerFor('migration');
 
-export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelled';
+export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelling' | 'cancelled';
 
 export interface MigrationInfo {
   status: MigrationStatus;
@@ -22,20 +33,57 @@ export interface MigrationInfo {
   'error-desc'?: string;
 }
 
+export interface MigrationParameters {
+  local: boolean;
+  'downtime-limit': number;
+}
+
+export interface MigrationHooks {
+  /** After a completed outgoing local migration: hand the TAP queues over for good. */
+  onLocalHandoverComplete?(): void;
+}
+
+interface Reply { ready?: boolean; done?: boolean; error?: string }
+
+const REPLY_MAX = 64 * 1024;
+
+async function sendReply(ch: UnixChannel, reply: Reply): Promise<void> {
+  const json = Buffer.from(JSON.stringify(reply), 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(json.length);
+  await ch.write([len, json]);
+}
+
+async function readReply(ch: UnixChannel, waitingFor: string): Promise<Reply> {
+  const len = (await ch.read(4, `destination reply (${waitingFor})`)).readUInt32LE(0);
+  if (len > REPLY_MAX) throw new BatonError('EMIGRATE', `destination reply of ${len} bytes is implausible`);
+  return JSON.parse((await ch.read(len, `destination reply (${waitingFor})`)).toString('utf8')) as Reply;
+}
+
+function parseUri(uri: string): { kind: 'file' | 'unix' | 'tcp'; target: string } {
+  const m = /^(file|unix|tcp):(.+)$/.exec(uri);
+  if (!m) throw new BatonError('EMIGRATE', `unsupported migration URI "${uri}" (use unix:PATH, file:PATH or tcp:HOST:PORT)`);
+  return { kind: m[1] as 'file' | 'unix' | 'tcp', target: m[2] };
+}
+
 export class MigrationManager {
   status: MigrationStatus = 'none';
-  capabilities = new Map<string, boolean>([['events', false], ['x-ignore-shared', false], ['return-path', false]]);
-  private info: MigrationInfo = { status: 'none' };
+  readonly capabilities = new Map<string, boolean>([['events', false], ['x-ignore-shared', false], ['return-path', false]]);
+  readonly parameters: MigrationParameters = { local: false, 'downtime-limit': 300 };
   /** `cont` during inmigrate: run once the incoming state is loaded. */
   autostart = false;
+  private info: MigrationInfo = { status: 'none' };
+  private channel?: UnixChannel;
+  private cancelRequested = false;
 
   constructor(
     private readonly vm: Vm,
     private readonly emitEvent: (name: string, data?: Record<string, unknown>) => void,
+    private readonly hooks: MigrationHooks = {},
   ) {}
 
-  query(): MigrationInfo {
-    return this.info.status === 'none' ? {} as MigrationInfo : { ...this.info };
+  query(): Partial<MigrationInfo> {
+    return this.info.status === 'none' ? {} : { ...this.info };
   }
 
   private setStatus(status: MigrationStatus): void {
@@ -44,73 +92,150 @@ export class MigrationManager {
     if (this.capabilities.get('events')) this.emitEvent('MIGRATION', { status });
   }
 
-  private parseUri(uri: string): { kind: 'file' | 'unix' | 'tcp'; target: string } {
-    const m = /^(file|unix|tcp):(.+)$/.exec(uri);
-    if (!m) throw new BatonError('EMIGRATE', `unsupported migration URI "${uri}" (use file:PATH, unix:PATH or tcp:HOST:PORT)`);
-    return { kind: m[1] as 'file' | 'unix' | 'tcp', target: m[2] };
+  private get inProgress(): boolean {
+    return ['setup', 'active', 'device', 'cancelling'].includes(this.status);
   }
 
-  /** Outgoing: pause, write the state, leave the source in postmigrate. Failure resumes the source. */
+  /** How RAM goes for this migration, decided before anything pauses. */
+  private ramTransfer(kind: 'file' | 'unix' | 'tcp'): RamTransfer {
+    if (this.vm.config.memory.backing === 'file' && kind === 'unix' && (this.parameters.local || this.capabilities.get('x-ignore-shared'))) return 'file';
+    if (this.parameters.local && kind === 'unix') return 'fd';
+    return 'copy';
+  }
+
+  /** Checks that can fail without side effects: the caller gets them as the command's error. */
+  checkOutgoing(uri: string): void {
+    if (this.inProgress) throw new BatonError('EMIGRATE', "There's a migration process in progress");
+    if (this.vm.status !== 'running' && this.vm.status !== 'paused') {
+      throw new BatonError('EMIGRATE', `cannot migrate a VM whose status is ${this.vm.status}`);
+    }
+    const { kind } = parseUri(uri);
+    if (this.parameters.local && kind !== 'unix') {
+      throw new BatonError('EMIGRATE', `local migration passes file descriptors and needs a UNIX domain socket; ${kind}: cannot carry them (use unix:PATH)`);
+    }
+    if (kind === 'tcp') throw new BatonError('EMIGRATE', 'migration over tcp: is not supported by this build yet; use unix:PATH or file:PATH');
+  }
+
+  /** Outgoing migration; resolves when it ended (completed, failed or cancelled). */
   async migrateOut(uri: string): Promise<void> {
-    if (['setup', 'active', 'device'].includes(this.status)) throw new BatonError('EMIGRATE', 'There\'s a migration process in progress');
-    const { kind, target } = this.parseUri(uri);
-    if (kind !== 'file') throw new BatonError('EMIGRATE', `migration over ${kind}: is not supported by this build yet; use file:PATH`);
+    this.checkOutgoing(uri);
+    const { kind, target } = parseUri(uri);
+    const ram = this.ramTransfer(kind);
     const started = Date.now();
     this.info = { status: 'setup' };
+    this.cancelRequested = false;
     this.setStatus('setup');
     const before: RunStatus = this.vm.status;
+    let paused = false;
+    let destinationRunning = false;
     let sink: ByteSink | undefined;
     try {
-      sink = new FileSink(target);
+      let sections = 0;
+      if (kind === 'unix') {
+        const ch = UnixChannel.connect(target);
+        this.channel = ch;
+        sink = ch;
+        sections = await saveSetup(this.vm, ch, { ram, withFds: true });
+        const r = await readReply(ch, 'ready');
+        if (!r.ready) throw new BatonError('EMIGRATE', `destination failed during setup: ${r.error ?? 'no ready signal'}`);
+      } else {
+        sink = new FileSink(target);
+      }
       const setupDone = Date.now();
+      this.checkCancelled();
       this.setStatus('active');
       const pauseStart = Date.now();
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
+      paused = true;
+      this.checkCancelled();
       this.setStatus('device');
-      const r = await saveVm(this.vm, sink, { ramShared: false });
+      let ramBytes: number;
+      if (kind === 'unix') {
+        const ch = sink as UnixChannel;
+        ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local }, sections)).ramBytes;
+        const r = await readReply(ch, 'done');
+        if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
+        destinationRunning = true;
+      } else {
+        ramBytes = (await saveVm(this.vm, sink, { ram: 'copy', withFds: false })).ramBytes;
+      }
       await sink.close();
       sink = undefined;
-      this.vm.setStatus('postmigrate');
       const now = Date.now();
+      this.vm.setStatus('postmigrate');
+      if (kind === 'unix' && this.parameters.local) this.hooks.onLocalHandoverComplete?.();
       const total = this.vm.memory.totalSize;
       this.info = {
         status: 'completed', 'total-time': now - started, 'setup-time': setupDone - started, downtime: now - pauseStart,
-        ram: { transferred: r.ramBytes, total, remaining: 0, duplicate: (total - r.ramBytes) / 4096, normal: r.ramBytes / 4096 },
+        ram: { transferred: ramBytes, total, remaining: 0, duplicate: (total - ramBytes) / 4096, normal: ramBytes / 4096 },
       };
       this.setStatus('completed');
     } catch (err) {
       const e = err as Error;
-      log.error(`migration to ${uri} failed: ${e.message}`);
+      const cancelled = this.cancelRequested;
+      log.error(`migration to ${uri} ${cancelled ? 'cancelled' : 'failed'}: ${e.message}`);
       await sink?.close().catch(() => undefined);
-      this.info = { status: 'failed', 'error-desc': e.message };
-      this.setStatus('failed');
-      if (before === 'running') this.vm.resume();
-      else this.vm.setStatus(before);
+      this.info = cancelled ? { status: 'cancelled' } : { status: 'failed', 'error-desc': e.message };
+      this.setStatus(cancelled ? 'cancelled' : 'failed');
+      if (!destinationRunning) {
+        if (paused && before === 'running') this.vm.resume();
+        else if (paused) this.vm.setStatus(before);
+      }
       throw err;
     } finally {
       this.vm.statusBeforeSave = undefined;
+      this.channel = undefined;
     }
   }
 
+  private checkCancelled(): void {
+    if (this.cancelRequested) throw new BatonError('EMIGRATE', 'migration cancelled');
+  }
+
+  /** migrate_cancel: stops an outgoing migration at its next step; the source keeps running. */
+  cancel(): void {
+    if (!this.inProgress || this.status === 'device') return; // past the point of no return: let it finish
+    this.cancelRequested = true;
+    this.setStatus('cancelling');
+    void this.channel?.close();
+  }
+
   /** Incoming: read a state stream into this (fresh, inmigrate) VM. */
-  async migrateIn(uri: string, autostart: boolean): Promise<void> {
-    if (this.vm.status !== 'inmigrate') throw new BatonError('EMIGRATE', "The incoming migration has already been started or the VM was not started in incoming mode (-incoming defer)");
-    const { kind, target } = this.parseUri(uri);
-    if (kind !== 'file') throw new BatonError('EMIGRATE', `incoming migration over ${kind}: is not supported by this build yet; use file:PATH`);
+  async migrateIn(uri: string, autostart: boolean, onListening?: () => void): Promise<void> {
+    if (this.vm.status !== 'inmigrate' || this.inProgress) {
+      throw new BatonError('EMIGRATE', 'The incoming migration has already been started or the VM was not started in incoming mode (-incoming defer)');
+    }
+    const { kind, target } = parseUri(uri);
+    if (kind === 'tcp') throw new BatonError('EMIGRATE', 'incoming migration over tcp: is not supported by this build yet; use unix:PATH or file:PATH');
     this.info = { status: 'setup' };
     this.setStatus('setup');
     let src: ByteSource | undefined;
+    let ch: UnixChannel | undefined;
     try {
-      src = new FileSource(target);
-      this.setStatus('active');
-      const { status } = await restoreVm(this.vm, src);
-      this.setStatus('completed');
+      if (kind === 'unix') {
+        ch = await UnixChannel.acceptOne(target, onListening);
+        src = ch;
+      } else {
+        onListening?.();
+        src = new FileSource(target);
+      }
+      const channel = ch;
+      const { status } = await restoreVm(this.vm, src, {
+        onSetupDone: async () => {
+          this.setStatus('active');
+          if (channel) await sendReply(channel, { ready: true });
+        },
+      });
       if ((status === 'running' && autostart) || this.autostart) this.vm.resume();
       else this.vm.setStatus('paused');
+      if (ch) await sendReply(ch, { done: true });
+      this.info = { status: 'completed' };
+      this.setStatus('completed');
     } catch (err) {
       const e = err as Error;
       log.error(`incoming migration from ${uri} failed: ${e.message}`);
+      if (ch) await sendReply(ch, { error: e.message }).catch(() => undefined);
       this.info = { status: 'failed', 'error-desc': e.message };
       this.setStatus('failed');
       throw err;

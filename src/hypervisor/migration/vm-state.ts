@@ -25,11 +25,23 @@ export interface DeviceStateOwner {
   readonly version: number;
   save(): unknown;
   restore(state: unknown): void;
+  /**
+   * Open files that travel with the section on a channel that carries fds (a local
+   * migration's TAP queues). Such a section is left out of streams without fds.
+   */
+  readonly fds?: { send(): number[]; receive(fds: number[]): void };
 }
 
+/** How guest RAM reaches the destination. */
+export type RamTransfer =
+  | 'copy' // RAM sections in the stream (save files, migrations without shared memory)
+  | 'fd' // the memory fd travels over the UNIX channel: nothing copied
+  | 'file'; // both sides map the same shared file: nothing copied
+
 export interface SaveOptions {
-  /** Skip RAM: the destination maps the same memory (local migration with shared memory). */
-  ramShared: boolean;
+  ram: RamTransfer;
+  /** The channel carries fds (local migration): fd-carrying sections are included. */
+  withFds: boolean;
 }
 
 export function deviceStateOwners(vm: Vm): DeviceStateOwner[] {
@@ -46,20 +58,38 @@ function supportedSavedMsrs(vm: Vm): number[] {
   return SAVED_MSRS.filter((m) => listed.has(m));
 }
 
-/** Writes the VM's state. The VM must be paused (all vCPUs parked). */
-export async function saveVm(vm: Vm, sink: ByteSink, opts: SaveOptions): Promise<{ sections: number; ramBytes: number }> {
+/**
+ * The part of the stream that can go before the pause: header, machine shape, the RAM fd
+ * (local migration), and a `setup-end` marker after which the destination reports ready.
+ */
+export async function saveSetup(vm: Vm, sink: ByteSink, opts: SaveOptions): Promise<number> {
+  await sink.write([encodeHeader()]);
   let sections = 0;
+  await sink.write(encodeSection('machine', 1, encodeRecord({
+    name: vm.config.name, memoryMiB: vm.config.memory.sizeMiB, vcpus: vm.config.vcpus, cpuModel: vm.config.cpuModel,
+    ram: opts.ram, status: vm.statusBeforeSave ?? vm.status,
+  })));
+  sections++;
+  if (opts.ram === 'fd') {
+    if (!sink.writeWithFds) throw new StreamError('this channel cannot carry the memory fd', 'ram-fd');
+    const [head, payload, crc] = encodeSection('ram-fd', 1, encodeRecord({ fds: 1 }));
+    await sink.writeWithFds(head, [vm.memFd]);
+    await sink.write([payload, crc]);
+    sections++;
+  }
+  await sink.write(encodeSection('setup-end', 1, encodeRecord({})));
+  return sections + 1;
+}
+
+/** The rest: RAM when copied, KVM and vCPU state, devices, end marker. The VM must be paused. */
+export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions, sectionsBefore: number): Promise<{ sections: number; ramBytes: number }> {
+  let sections = sectionsBefore;
   let ramBytes = 0;
   const put = async (name: string, version: number, payload: Buffer) => {
     await sink.write(encodeSection(name, version, payload));
     sections++;
   };
-  await sink.write([encodeHeader()]);
-  await put('machine', 1, encodeRecord({
-    name: vm.config.name, memoryMiB: vm.config.memory.sizeMiB, vcpus: vm.config.vcpus, cpuModel: vm.config.cpuModel,
-    ramShared: opts.ramShared, status: vm.statusBeforeSave ?? vm.status,
-  }));
-  if (!opts.ramShared) {
+  if (opts.ram === 'copy') {
     for (const region of vm.memory.regions) {
       for (let off = 0; off < region.size; off += RAM_CHUNK) {
         const len = Math.min(RAM_CHUNK, region.size - off);
@@ -80,9 +110,27 @@ export async function saveVm(vm: Vm, sink: ByteSink, opts: SaveOptions): Promise
     const s = saveVcpuState(vcpu.fd, msrs);
     await put(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
   }
-  for (const dev of deviceStateOwners(vm)) await put(dev.section, dev.version, encodeRecord(dev.save()));
+  for (const dev of deviceStateOwners(vm)) {
+    if (dev.fds) {
+      if (!opts.withFds) continue;
+      const fds = dev.fds.send();
+      const [head, payload, crc] = encodeSection(dev.section, dev.version, encodeRecord({ fds: fds.length, state: dev.save() }));
+      if (!sink.writeWithFds) throw new StreamError('this channel cannot carry fds', dev.section);
+      await sink.writeWithFds(head, fds);
+      await sink.write([payload, crc]);
+      sections++;
+      continue;
+    }
+    await put(dev.section, dev.version, encodeRecord(dev.save()));
+  }
   await sink.write([encodeEnd(sections)]);
   return { sections, ramBytes };
+}
+
+/** A whole save in one go (file: URIs). The VM must be paused. */
+export async function saveVm(vm: Vm, sink: ByteSink, opts: SaveOptions): Promise<{ sections: number; ramBytes: number }> {
+  const n = await saveSetup(vm, sink, opts);
+  return saveDeviceState(vm, sink, opts, n);
 }
 
 function isZero(bytes: Uint8Array): boolean {
@@ -97,6 +145,12 @@ function isZero(bytes: Uint8Array): boolean {
 }
 
 interface Section { name: string; version: number; payload: Buffer }
+
+async function takeFds(src: ByteSource, section: string, count: number): Promise<number[]> {
+  if (!Number.isInteger(count) || count < 0 || count > 64) throw new StreamError(`implausible fd count ${count}`, section);
+  if (!src.takeFds) throw new StreamError('this stream expects file descriptors, but its channel cannot carry them (local migration needs a UNIX socket)', section);
+  return src.takeFds(count, section);
+}
 
 async function readSection(src: ByteSource, after: string): Promise<Section | { end: number }> {
   const tag = (await src.read(1, `after ${after}`))[0];
@@ -118,9 +172,15 @@ async function readSection(src: ByteSource, after: string): Promise<Section | { 
  * Reads a stream into a freshly created VM (same shape). Restore order: RAM, then the
  * irqchips and PIT (vCPU LAPIC state refers to them), the clock, vCPUs, devices.
  */
-export async function restoreVm(vm: Vm, src: ByteSource): Promise<{ status: string }> {
+export interface RestoreHooks {
+  /** Called at `setup-end`: RAM is attached, devices exist; the source may now pause. */
+  onSetupDone?(): Promise<void>;
+}
+
+export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {}): Promise<{ status: string }> {
   decodeHeader(await src.read(HEADER_SIZE, 'header'));
-  const owners = new Map(deviceStateOwners(vm).map((d) => [d.section, d]));
+  // Devices may appear during the restore (NICs attach when RAM arrives): look owners up late.
+  const ownerOf = (section: string) => deviceStateOwners(vm).find((d) => d.section === section);
   let count = 0;
   let last = 'header';
   let savedStatus = 'running';
@@ -135,13 +195,30 @@ export async function restoreVm(vm: Vm, src: ByteSource): Promise<{ status: stri
     last = s.name;
     const rec = decodeRecord(s.name, s.payload);
     if (s.name !== 'machine' && !sawMachine) throw new StreamError('stream does not start with the machine section', s.name);
-    if (s.version !== 1 && !owners.has(s.name)) throw new StreamError(`section version ${s.version} is newer than this build reads (1)`, s.name);
+    if (s.version !== 1 && !ownerOf(s.name)) throw new StreamError(`section version ${s.version} is newer than this build reads (1)`, s.name);
     if (s.name === 'machine') {
-      const m = rec.head as { memoryMiB: number; vcpus: number; status: string };
+      const m = rec.head as { memoryMiB: number; vcpus: number; status: string; ram: RamTransfer };
       if (m.memoryMiB !== vm.config.memory.sizeMiB) throw new StreamError(`saved VM has ${m.memoryMiB} MiB, this one ${vm.config.memory.sizeMiB} MiB`, s.name);
       if (m.vcpus !== vm.config.vcpus) throw new StreamError(`saved VM has ${m.vcpus} vCPUs, this one ${vm.config.vcpus}`, s.name);
+      if (m.ram === 'file' && vm.config.memory.backing !== 'file') {
+        throw new StreamError('the source shares its RAM through a file; start the destination with the same --mem-path', s.name);
+      }
       savedStatus = m.status;
       sawMachine = true;
+      // RAM that is copied or shared by path is ours to map now; an fd comes in its own section.
+      if (m.ram !== 'fd' && !vm.hasMemory) vm.attachFreshMemory();
+    } else if (s.name === 'ram-fd') {
+      const [memFd] = await takeFds(src, s.name, 1);
+      if (vm.hasMemory) {
+        native.close(memFd);
+        throw new StreamError('guest RAM is already attached; a RAM fd cannot replace it', s.name);
+      }
+      vm.attachMemory(memFd);
+    } else if (s.name === 'setup-end') {
+      if (!vm.hasMemory) throw new StreamError('setup ended without guest RAM (no ram-fd section)', s.name);
+      await hooks.onSetupDone?.();
+    } else if (!vm.hasMemory) {
+      throw new StreamError('device state arrived before guest RAM', s.name);
     } else if (s.name === 'ram') {
       const { gpa } = rec.head as { gpa: number };
       const data = blob(rec, s.name, 'data');
@@ -159,10 +236,16 @@ export async function restoreVm(vm: Vm, src: ByteSource): Promise<{ status: stri
       const state: VcpuState = { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs };
       try { restoreVcpuState(vcpu.fd, state); } catch (err) { throw new StreamError(`KVM refused the state: ${(err as Error).message}`, s.name); }
     } else {
-      const owner = owners.get(s.name);
+      const owner = ownerOf(s.name);
       if (!owner) throw new StreamError('unknown section (this build has no such device)', s.name);
       if (s.version > owner.version) throw new StreamError(`section version ${s.version} is newer than this build reads (${owner.version})`, s.name);
-      owner.restore(rec.head);
+      if (owner.fds) {
+        const head = rec.head as { fds: number; state: unknown };
+        owner.fds.receive(await takeFds(src, s.name, head.fds));
+        owner.restore(head.state);
+      } else {
+        owner.restore(rec.head);
+      }
     }
   }
   return { status: savedStatus };

@@ -56,6 +56,13 @@ export interface Interface {
   driver?: InterfaceDriver;
   /** Per-interface override of the domain's migration policy (from the Baton metadata). */
   migrationPolicy?: MigrationPolicy;
+  /**
+   * Network namespace the manager moves the TAP into once the hypervisor holds it open
+   * (created when missing, left in place when the domain stops). From the Baton metadata.
+   */
+  netns?: string;
+  /** Host-side IPv4 address with prefix, e.g. `10.99.0.1/24`, set on the TAP (inside `netns` when given). */
+  hostAddress?: string;
 }
 
 /** Where a serial port's output is also written (`<log file append>`). */

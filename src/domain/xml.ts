@@ -301,9 +301,37 @@ function parsePolicy(value: string, where: string): MigrationPolicy {
   return value as MigrationPolicy;
 }
 
+/** `ip netns` names are files in /run/netns: keep them to a safe file-name alphabet. */
+const NETNS_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const IPV4_CIDR_PATTERN = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/;
+
+function parseNetns(value: string, where: string): string {
+  if (!NETNS_PATTERN.test(value) || value === '.' || value === '..') {
+    throw xmlError(DomainErrorCode.XmlInvalid, where, `'${value}' is not a usable network namespace name (1-64 letters, digits, '.', '_', '-', starting with a letter or digit)`);
+  }
+  return value;
+}
+
+function parseHostAddress(value: string, where: string): string {
+  const match = IPV4_CIDR_PATTERN.exec(value);
+  const octetsOk = match !== null && match.slice(1, 5).every((o) => Number(o) <= 255);
+  const prefix = match ? Number(match[5]) : 0;
+  if (!match || !octetsOk || prefix < 1 || prefix > 32) {
+    throw xmlError(DomainErrorCode.XmlInvalid, where, `'${value}' is not an IPv4 address with prefix length (write it like 10.99.0.1/24)`);
+  }
+  return value;
+}
+
+/** What Baton's `<baton:interface dev=...>` says about one interface. */
+interface InterfaceMetadata {
+  policy?: MigrationPolicy;
+  netns?: string;
+  hostAddress?: string;
+}
+
 /** Reads Baton's own `<metadata>` element; foreign metadata is refused (Baton would not keep it). */
-function parseMetadata(domain: ElementReader): { policy: MigrationPolicy; perInterface: Map<string, MigrationPolicy> } {
-  const result = { policy: 'auto' as MigrationPolicy, perInterface: new Map<string, MigrationPolicy>() };
+function parseMetadata(domain: ElementReader): { policy: MigrationPolicy; perInterface: Map<string, InterfaceMetadata> } {
+  const result = { policy: 'auto' as MigrationPolicy, perInterface: new Map<string, InterfaceMetadata>() };
   const metadata = domain.optionalChild('metadata');
   if (!metadata) return result;
   const ours: XmlElement[] = [];
@@ -326,24 +354,30 @@ function parseMetadata(domain: ElementReader): { policy: MigrationPolicy; perInt
   for (const child of root.children) {
     const childPath = `${rootPath}/${BATON_XMLNS_PREFIX}:${child.name}`;
     if (child.uri !== BATON_XMLNS) throw xmlError(DomainErrorCode.XmlUnsupported, childPath, `element must be in namespace ${BATON_XMLNS}`);
-    const allowedAttrs = child.name === 'migration' ? ['network'] : child.name === 'interface' ? ['dev', 'network'] : [];
+    const allowedAttrs = child.name === 'migration' ? ['network'] : child.name === 'interface' ? ['dev', 'network', 'netns', 'hostAddress'] : [];
     if (allowedAttrs.length === 0) throw xmlError(DomainErrorCode.XmlUnsupported, childPath, `unknown Baton metadata element <${BATON_XMLNS_PREFIX}:${child.name}>; expected migration or interface`);
     for (const [name, attr] of child.attrs) {
       if (!allowedAttrs.includes(name) || attr.uri !== '') throw xmlError(DomainErrorCode.XmlUnsupported, `${childPath}/@${name}`, `attribute is not supported; allowed: ${allowedAttrs.join(', ')}`);
     }
     if (child.children.length > 0 || child.text.trim() !== '') throw xmlError(DomainErrorCode.XmlInvalid, childPath, 'must be an empty element');
     const network = child.attrs.get('network')?.value;
-    if (network === undefined) throw xmlError(DomainErrorCode.XmlInvalid, childPath, "attribute 'network' is required");
-    const policy = parsePolicy(network, `${childPath}/@network`);
     if (child.name === 'migration') {
+      if (network === undefined) throw xmlError(DomainErrorCode.XmlInvalid, childPath, "attribute 'network' is required");
       if (sawMigration) throw xmlError(DomainErrorCode.XmlInvalid, childPath, 'appears more than once');
       sawMigration = true;
-      result.policy = policy;
+      result.policy = parsePolicy(network, `${childPath}/@network`);
     } else {
       const dev = child.attrs.get('dev')?.value;
       if (dev === undefined) throw xmlError(DomainErrorCode.XmlInvalid, childPath, "attribute 'dev' is required (the interface's <target dev>)");
-      if (result.perInterface.has(dev)) throw xmlError(DomainErrorCode.XmlInvalid, childPath, `a policy for interface '${dev}' is given twice`);
-      result.perInterface.set(dev, policy);
+      if (result.perInterface.has(dev)) throw xmlError(DomainErrorCode.XmlInvalid, childPath, `interface '${dev}' is described twice`);
+      const entry: InterfaceMetadata = {};
+      if (network !== undefined) entry.policy = parsePolicy(network, `${childPath}/@network`);
+      const netns = child.attrs.get('netns')?.value;
+      if (netns !== undefined) entry.netns = parseNetns(netns, `${childPath}/@netns`);
+      const hostAddress = child.attrs.get('hostAddress')?.value;
+      if (hostAddress !== undefined) entry.hostAddress = parseHostAddress(hostAddress, `${childPath}/@hostAddress`);
+      if (Object.keys(entry).length === 0) throw xmlError(DomainErrorCode.XmlInvalid, childPath, "says nothing; give at least one of 'network', 'netns', 'hostAddress'");
+      result.perInterface.set(dev, entry);
     }
   }
   return result;
@@ -431,7 +465,7 @@ export function parseDomainXml(xml: string, options: ParseOptions = {}): Domain 
 }
 
 /** Cross-interface rules: unique MACs and TAPs, policies only for interfaces that exist. */
-function checkInterfaces(domain: Domain, perInterface: Map<string, MigrationPolicy>): void {
+function checkInterfaces(domain: Domain, perInterface: Map<string, InterfaceMetadata>): void {
   const macs = new Map<string, number>();
   const taps = new Map<string, number>();
   domain.interfaces.forEach((nic, index) => {
@@ -446,8 +480,16 @@ function checkInterfaces(domain: Domain, perInterface: Map<string, MigrationPoli
       throw new BatonError(DomainErrorCode.TapInUse, `${where}/target: TAP device '${nic.tapName}' is already used by interface[${tapOwner + 1}] of this domain`, { path: `${where}/target`, tap: nic.tapName });
     }
     taps.set(nic.tapName, index);
-    const policy = perInterface.get(nic.tapName);
-    if (policy !== undefined) nic.migrationPolicy = policy;
+    const extra = perInterface.get(nic.tapName);
+    if (extra?.policy !== undefined) nic.migrationPolicy = extra.policy;
+    if (extra?.netns !== undefined || extra?.hostAddress !== undefined) {
+      // Moving or addressing a TAP Baton did not create would change someone else's set-up.
+      if (!nic.managed) {
+        throw xmlError(DomainErrorCode.XmlInvalid, `/domain/metadata/${BATON_XMLNS_PREFIX}:domain/${BATON_XMLNS_PREFIX}:interface`, `interface '${nic.tapName}' has managed='no'; netns and hostAddress apply only to TAPs Baton manages (managed='yes')`);
+      }
+      if (extra.netns !== undefined) nic.netns = extra.netns;
+      if (extra.hostAddress !== undefined) nic.hostAddress = extra.hostAddress;
+    }
   });
   for (const dev of perInterface.keys()) {
     if (!taps.has(dev)) {
@@ -468,9 +510,15 @@ export function serializeDomainXml(domain: Domain): string {
   if (domain.description !== undefined) root.description = domain.description;
 
   const batonChildren: XmlNode = { [`${BATON_XMLNS_PREFIX}:migration`]: { $: { network: domain.migrationPolicy } } };
-  const overrides = domain.interfaces.filter((nic) => nic.migrationPolicy !== undefined);
-  if (overrides.length > 0) {
-    batonChildren[`${BATON_XMLNS_PREFIX}:interface`] = overrides.map((nic) => ({ $: { dev: nic.tapName, network: nic.migrationPolicy } }));
+  const described = domain.interfaces.filter((nic) => nic.migrationPolicy !== undefined || nic.netns !== undefined || nic.hostAddress !== undefined);
+  if (described.length > 0) {
+    batonChildren[`${BATON_XMLNS_PREFIX}:interface`] = described.map((nic) => {
+      const attrs: Record<string, string> = { dev: nic.tapName };
+      if (nic.migrationPolicy !== undefined) attrs.network = nic.migrationPolicy;
+      if (nic.netns !== undefined) attrs.netns = nic.netns;
+      if (nic.hostAddress !== undefined) attrs.hostAddress = nic.hostAddress;
+      return { $: attrs };
+    });
   }
   root.metadata = { [`${BATON_XMLNS_PREFIX}:domain`]: { $: { [`xmlns:${BATON_XMLNS_PREFIX}`]: BATON_XMLNS }, ...batonChildren } };
 

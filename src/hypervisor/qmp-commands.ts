@@ -7,6 +7,7 @@ import { BatonError } from '../util/errors';
 import type { Hypervisor } from './main';
 import { MigrationManager } from './migration/migration-manager';
 import { QmpCommandContext, QmpMembers, QmpServer, genericError } from './monitor';
+import { NativeMonitorTransport } from './monitor/native-transport';
 
 export interface MonitorHandle {
   server: QmpServer;
@@ -26,8 +27,10 @@ function asQmp<T>(fn: () => Promise<T> | T): Promise<T> {
 
 export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   const { vm, config } = hv;
-  const server = new QmpServer();
-  const migration = new MigrationManager(vm, (n, d) => server.emitEvent(n, d));
+  const server = new QmpServer({ transport: new NativeMonitorTransport() });
+  const migration = new MigrationManager(vm, (n, d) => server.emitEvent(n, d), {
+    onLocalHandoverComplete: () => hv.nics.releaseHandedOver(),
+  });
   const reg = (name: string, def: Parameters<QmpServer['registerCommand']>[1]) => server.registerCommand(name, def);
 
   reg('query-status', {
@@ -87,16 +90,36 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   reg('migrate', {
     args: { uri: 'str', '*blk': 'bool', '*inc': 'bool', '*detach': 'bool', '*resume': 'bool' },
     handler: (args) => asQmp(async () => {
-      // QEMU answers at once and reports progress through query-migrate and events.
+      // Refusals that need no I/O come back as this command's error; then, as QEMU does,
+      // the command returns and progress shows in query-migrate and MIGRATION events.
+      migration.checkOutgoing(args.uri as string);
       migration.migrateOut(args.uri as string).catch(() => undefined);
       return {};
     }),
   });
+  reg('migrate_cancel', { handler: () => { migration.cancel(); return {}; } });
+  reg('migrate-set-parameters', {
+    args: { '*local': 'bool', '*downtime-limit': 'uint64' },
+    handler: (args) => asQmp(() => {
+      if (['setup', 'active', 'device'].includes(migration.status)) throw genericError("There's a migration process in progress");
+      if (args.local !== undefined) migration.parameters.local = args.local as boolean;
+      if (args['downtime-limit'] !== undefined) migration.parameters['downtime-limit'] = Number(args['downtime-limit']);
+      return {};
+    }),
+  });
+  reg('query-migrate-parameters', { handler: () => ({ ...migration.parameters }) });
   reg('migrate-incoming', {
     args: { uri: 'str' },
     handler: (args) => asQmp(async () => {
       if (config.incoming !== 'defer') throw genericError("'-incoming' was not specified on the command line");
-      migration.migrateIn(args.uri as string, !config.startPaused).catch(() => hv.quit(1));
+      // Answer once the destination listens, so the caller may start the source's migrate.
+      await new Promise<void>((resolve, reject) => {
+        migration.migrateIn(args.uri as string, !config.startPaused, resolve).catch((err: Error) => {
+          reject(err);
+          process.stderr.write(`baton-hv: load of migration failed: ${err.message}\n`);
+          setTimeout(() => void hv.quit(1), 50);
+        });
+      });
       return {};
     }),
   });

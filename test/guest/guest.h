@@ -44,6 +44,7 @@ void __attribute__((noreturn)) mode_emu_fail(const char *options);
 void __attribute__((noreturn)) mode_echo(const char *options);     /* net.c */
 void __attribute__((noreturn)) mode_sink(const char *options);
 void __attribute__((noreturn)) mode_source(const char *options);
+void __attribute__((noreturn)) mode_mq_echo(const char *options);  /* mq.c */
 
 /* Boot facts gathered from hvm_start_info (main.c). */
 struct boot_info {
@@ -62,7 +63,7 @@ static inline uint64_t ring0_call(uint64_t number, uint64_t argument)
 	return result;
 }
 static inline void ring0_wait_until_tsc(uint64_t deadline) { ring0_call(RING0_CALL_WAIT_UNTIL_TSC, deadline); }
-static inline void ring0_emulation_failure(void) { ring0_call(RING0_CALL_EMULATION_FAILURE, 0); }
+static inline void ring0_emulation_failure(uint64_t which) { ring0_call(RING0_CALL_EMULATION_FAILURE, which); }
 static inline void __attribute__((noreturn)) ring0_triple_fault(void)
 {
 	ring0_call(RING0_CALL_TRIPLE_FAULT, 0);

@@ -57,6 +57,8 @@
 #define RING0_CALL_WAIT_UNTIL_TSC  1   /* sti; hlt until the TSC reaches the argument */
 #define RING0_CALL_HALT_FOREVER    2   /* cli; hlt for good */
 #define RING0_CALL_TRIPLE_FAULT    3   /* empty IDT, then a fault: the CPU shuts down */
-#define RING0_CALL_EMULATION_FAILURE 4 /* an instruction this host's ring-0 emulator rejects */
+#define RING0_CALL_EMULATION_FAILURE 4 /* an instruction this host's ring-0 emulator rejects: */
+#define EMULATION_FAILURE_SSE      0   /*   pxor (no VMM completes it) */
+#define EMULATION_FAILURE_INT3     1   /*   int3 (baton-hv completes it) */
 
 #endif

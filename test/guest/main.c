@@ -47,10 +47,14 @@ void mode_triple_fault(const char *options)
 
 void mode_emu_fail(const char *options)
 {
-	(void)options;
-	console_puts(GUEST_TAG "executing int3 in ring 0\n");
-	ring0_emulation_failure();
-	console_puts(GUEST_TAG "int3 in ring 0 completed\n");
+	bool int3 = cmdline_option_is(options, "insn", "int3", "sse");
+	if (!int3 && !cmdline_option_is(options, "insn", "sse", "sse")) {
+		static const char expected[] = "insn= (expected sse or int3)";
+		fail("bad option", expected, sizeof expected - 1);
+	}
+	console_puts(int3 ? GUEST_TAG "executing int3 in ring 0\n" : GUEST_TAG "executing pxor in ring 0\n");
+	ring0_emulation_failure(int3 ? EMULATION_FAILURE_INT3 : EMULATION_FAILURE_SSE);
+	console_puts(GUEST_TAG "ring-0 instruction completed\n");
 	ring0_halt_forever();
 }
 
@@ -68,6 +72,7 @@ static const struct mode modes[] = {
 	{ "echo", mode_echo },
 	{ "sink", mode_sink },
 	{ "source", mode_source },
+	{ "mq-echo", mode_mq_echo },        /* mq.c: multiqueue, its own driver */
 };
 
 #define DEFAULT_MODE "counter"   /* for an empty command line */

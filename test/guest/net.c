@@ -362,6 +362,7 @@ static void frame_count_and_answer(const uint8_t *frame, size_t length, void *co
 /* --- the loop shared by the modes --- */
 
 struct ticker {
+	bool link_up;                              /* last link status seen (reported on change) */
 	uint64_t next_power_poll, power_interval;
 	uint64_t next_report, report_interval;     /* report_interval 0: no reports */
 };
@@ -369,6 +370,7 @@ struct ticker {
 static void ticker_init(struct ticker *t, uint64_t report_ms)
 {
 	uint64_t now = rdtsc();
+	t->link_up = true;
 	t->power_interval = tsc_from_ms(POWER_POLL_MS);
 	t->next_power_poll = now + t->power_interval;
 	t->report_interval = tsc_from_ms(report_ms);
@@ -382,6 +384,12 @@ static bool ticker_due(struct ticker *t)
 	if (now >= t->next_power_poll) {
 		if (power_request_pending())
 			power_off();
+		/* Polled with the power button: we take no config-change interrupt. */
+		bool up = virtio_net_link_up();
+		if (up != t->link_up) {
+			t->link_up = up;
+			console_puts(up ? GUEST_TAG "link up\n" : GUEST_TAG "link down\n");
+		}
 		t->next_power_poll = now + t->power_interval;
 	}
 	if (!t->report_interval || now < t->next_report)

@@ -202,12 +202,19 @@ static void __attribute__((noreturn)) triple_fault(void)
 	__builtin_unreachable();
 }
 
-/* Ring-0 `int3` is what this host's emulator refuses (KVM_EXIT_INTERNAL_ERROR, emulation
- * failure), the same wall Linux's int3_selftest hits. A VMM that completes it injects #BP:
- * ring0_exception then reports exception 3 and halts. */
-static void emulation_failure(void)
+/*
+ * An instruction this host's ring-0 emulator rejects (KVM_EXIT_INTERNAL_ERROR, emulation
+ * failure). EMULATION_FAILURE_INT3 is the wall Linux's int3_selftest hits, which baton-hv
+ * completes (RIP + 1, #BP injected: ring0_exception then reports exception 3 and halts);
+ * EMULATION_FAILURE_SSE is an SSE instruction no VMM here completes, so the VM must stop
+ * in internal-error.
+ */
+static void emulation_failure(uint64_t which)
 {
-	__asm__ volatile("int3");
+	if (which == EMULATION_FAILURE_INT3)
+		__asm__ volatile("int3");
+	else
+		__asm__ volatile("pxor %xmm0, %xmm0");
 }
 
 static uint64_t ring0_call_serve(uint64_t number, uint64_t argument)
@@ -221,7 +228,7 @@ static uint64_t ring0_call_serve(uint64_t number, uint64_t argument)
 	case RING0_CALL_TRIPLE_FAULT:
 		triple_fault();
 	case RING0_CALL_EMULATION_FAILURE:
-		emulation_failure();
+		emulation_failure(argument);
 		return 0;
 	}
 	return (uint64_t)-1;

@@ -4,7 +4,10 @@
 #include "virtio_net.h"
 
 #define VIRTIO_NET_F_MAC        5
+#define VIRTIO_NET_F_STATUS     16
 #define VIRTIO_NET_CONFIG_MAC   0          /* u8[6] in the device configuration */
+#define VIRTIO_NET_CONFIG_STATUS 6         /* le16, valid with VIRTIO_NET_F_STATUS */
+#define VIRTIO_NET_S_LINK_UP    1
 
 /* struct virtio_net_hdr with VERSION_1: num_buffers is always there; all zero on TX
  * (no checksum offload, no GSO). */
@@ -24,6 +27,7 @@ static struct {
 	uint16_t tx_free[QUEUE_SIZE_MAX];          /* descriptor ids not with the device */
 	uint16_t tx_free_count;
 	uint8_t mac[ETHERNET_ADDRESS_LENGTH];
+	bool has_status;                           /* VIRTIO_NET_F_STATUS negotiated */
 } nic;
 
 static const uint16_t net_device_ids[] = {
@@ -61,9 +65,10 @@ void virtio_net_init(const uint8_t *mac_override)
 	uint64_t offered = virtio_device_features(vp);
 	if (!(offered & (1ull << VIRTIO_F_VERSION_1)))
 		net_fail("the device does not offer VIRTIO_F_VERSION_1 (legacy-only device)");
-	uint64_t wanted = (1ull << VIRTIO_F_VERSION_1) | (offered & (1ull << VIRTIO_NET_F_MAC));
+	uint64_t wanted = (1ull << VIRTIO_F_VERSION_1) | (offered & (1ull << VIRTIO_NET_F_MAC | 1ull << VIRTIO_NET_F_STATUS));
 	if (!virtio_features_accept(vp, wanted))
-		net_fail("the device refused the features VERSION_1 and MAC (FEATURES_OK did not stick)");
+		net_fail("the device refused the features VERSION_1, MAC and STATUS (FEATURES_OK did not stick)");
+	nic.has_status = (wanted & (1ull << VIRTIO_NET_F_STATUS)) && vp->device_cfg;
 
 	virtio_queue_setup(vp, &nic.rx, RX_QUEUE, QUEUE_SIZE_MAX);
 	virtio_queue_setup(vp, &nic.tx, TX_QUEUE, QUEUE_SIZE_MAX);
@@ -183,6 +188,14 @@ void virtio_net_transmit_queue(size_t length)
 void virtio_net_transmit_flush(void)
 {
 	virtq_publish(&nic.tx);
+}
+
+bool virtio_net_link_up(void)
+{
+	if (!nic.has_status)
+		return true;                       /* without STATUS the link is always up (spec 5.1.4) */
+	volatile uint16_t *status = (volatile uint16_t *)(nic.transport.device_cfg + VIRTIO_NET_CONFIG_STATUS);
+	return (*status & VIRTIO_NET_S_LINK_UP) != 0;
 }
 
 struct virtio_net_counters virtio_net_counters(void)

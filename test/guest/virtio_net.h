@@ -31,6 +31,10 @@ void virtio_net_transmit_flush(void);
 /* Buffers free for transmission (after taking back what the device has finished). */
 size_t virtio_net_transmit_room(void);
 
+/* The device's link status (config `status`, LINK_UP); true when it does not report one.
+ * One MMIO read: an exit, so call it on a slow tick. */
+bool virtio_net_link_up(void);
+
 struct virtio_net_counters { uint64_t rx_notifications, tx_notifications; };
 struct virtio_net_counters virtio_net_counters(void);
 

@@ -120,7 +120,7 @@ export class HvProcess {
 
   /** Waits for ticks until one numbered at least `n` appears. */
   async waitForTick(n: number, timeoutMs = START_TIMEOUT_MS): Promise<Tick[]> {
-    const serial = await this.waitForSerial((s) => lastTick(parseTicks(s))?.n! >= n, `tick ${n}`, timeoutMs);
+    const serial = await this.waitForSerial((s) => (lastTick(parseTicks(s))?.n ?? -1) >= n, `tick ${n}`, timeoutMs);
     return parseTicks(serial);
   }
 
@@ -241,8 +241,13 @@ export function lastTick(ticks: Tick[]): Tick | undefined {
   return ticks[ticks.length - 1];
 }
 
+/**
+ * How often `line` (plus its newline) occurs. Not anchored at line starts: a reset can cut
+ * a guest line short (a `rep outsb` crossing a page is several exits), and the next boot's
+ * text then follows on the same line.
+ */
 export function countLines(serial: string, line: string): number {
-  return serial.split('\n').filter((l) => l === line).length;
+  return serial.split(line + '\n').length - 1;
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -262,4 +267,18 @@ export async function expectEvent(
 
 export async function queryStatus(client: QmpClient): Promise<string> {
   return (await client.execute<{ status: string }>('query-status')).status;
+}
+
+/**
+ * Polls query-status until it reports `status`. For changes that may happen before a
+ * client connects (an incoming load that finishes at once): events sent then are gone.
+ */
+export async function waitForStatus(client: QmpClient, status: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let seen = await queryStatus(client);
+  while (seen !== status) {
+    if (Date.now() > deadline) throw new Error(`status stayed "${seen}" for ${timeoutMs} ms, waiting for "${status}"`);
+    await sleep(20);
+    seen = await queryStatus(client);
+  }
 }

@@ -67,7 +67,7 @@ describe.each([1, 2])('test guest with %i vCPU(s)', (vcpus) => {
   });
 });
 
-maybe('-S starts in prelaunch with the guest not running until cont', async () => {
+maybe('-S starts in prelaunch until cont; a reset while paused returns to prelaunch; quit exits 0', async () => {
   const proc = hv.start('prelaunch', { append: 'counter interval_ms=20', extraArgs: ['-S'] });
   const qmp = await hv.qmp(proc);
   expect(await qmp.execute('query-status')).toEqual({ status: 'prelaunch', singlestep: false, running: false });
@@ -76,6 +76,14 @@ maybe('-S starts in prelaunch with the guest not running until cont', async () =
   await expectEvent(qmp, 'RESUME', () => qmp.execute('cont'));
   expect(await queryStatus(qmp)).toBe('running');
   await proc.waitForTick(1);
+
+  // A reset while paused leaves the VM in prelaunch, as QEMU 7.2 does (softmmu/runstate.c:
+  // a VM not running after the reset becomes prelaunch); cont boots it again.
+  await expectEvent(qmp, 'STOP', () => qmp.execute('stop'));
+  await expectEvent(qmp, 'RESET', () => qmp.execute('system_reset'));
+  expect(await queryStatus(qmp)).toBe('prelaunch');
+  await expectEvent(qmp, 'RESUME', () => qmp.execute('cont'));
+  await proc.waitForLine(READY_LINE, 2);
 
   // quit: answered, SHUTDOWN (host), exit 0.
   const shutdown = qmp.waitEvent('SHUTDOWN');

@@ -9,6 +9,10 @@
  *   const stopped = client.waitEvent('STOP');
  *   await client.execute('stop');
  *   await stopped;
+ *
+ * To send fds with a command (SCM_RIGHTS, e.g. `getfd`), connect with `{ fdPassing: true }`:
+ * the socket is then opened by the native addon (and read through Node as usual), and
+ * `executeWithFds('getfd', { fdname: 'tap0' }, [fd])` sends the fds with the command's bytes.
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -35,6 +39,8 @@ export interface QmpClientOptions {
   negotiate?: boolean;
   /** Capabilities to enable when negotiating, e.g. ['oob']. */
   enable?: string[];
+  /** Open the socket with the native addon so that {@link QmpClient.executeWithFds} can send fds. */
+  fdPassing?: boolean;
 }
 
 interface PendingCommand {
@@ -60,6 +66,8 @@ export class QmpClient extends EventEmitter {
     private readonly socket: net.Socket,
     private readonly socketPath: string,
     private readonly timeoutMs: number,
+    /** The socket's fd when opened natively (fdPassing), for sendmsg with SCM_RIGHTS. */
+    private readonly nativeFd?: number,
   ) {
     super();
     const reader = new JsonStreamReader((item) => this.onMessage(item), QEMU_JSON_LIMITS);
@@ -71,8 +79,23 @@ export class QmpClient extends EventEmitter {
   /** Connects to a monitor socket, reads the greeting and (by default) negotiates. */
   static async connect(socketPath: string, options: QmpClientOptions = {}): Promise<QmpClient> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const socket = net.connect(socketPath);
-    const client = new QmpClient(socket, socketPath, timeoutMs);
+    let socket: net.Socket;
+    let nativeFd: number | undefined;
+    if (options.fdPassing) {
+      // Loaded only here: plain clients (and QEMU tooling) need no addon.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { native } = require('../../native') as typeof import('../../native');
+      try {
+        nativeFd = native.unixConnect(socketPath);
+      } catch (err) {
+        throw new BatonError('QMP_DISCONNECTED', `cannot connect to QMP socket ${socketPath}: ${(err as Error).message}`);
+      }
+      // libuv adopts the connected fd as a pipe: reads and ordinary writes go through Node.
+      socket = new net.Socket({ fd: nativeFd, readable: true, writable: true });
+    } else {
+      socket = net.connect(socketPath);
+    }
+    const client = new QmpClient(socket, socketPath, timeoutMs, nativeFd);
     try {
       await client.withTimeout(
         new Promise<QmpGreeting>((resolve, reject) => {
@@ -95,6 +118,10 @@ export class QmpClient extends EventEmitter {
    * the server's class and desc, or a BatonError if the connection ends or time runs out.
    */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, options: { timeoutMs?: number } = {}): Promise<T> {
+    return this.send<T>(command, args, options, (bytes) => this.socket.write(bytes));
+  }
+
+  private send<T>(command: string, args: Record<string, unknown> | undefined, options: { timeoutMs?: number }, write: (bytes: Buffer) => void): Promise<T> {
     if (this.closed) {
       return Promise.reject(new BatonError('QMP_DISCONNECTED', `QMP connection to ${this.socketPath} is closed; cannot run ${command}`));
     }
@@ -110,8 +137,41 @@ export class QmpClient extends EventEmitter {
         reject(new BatonError('QMP_TIMEOUT', `QMP command ${command} got no answer from ${this.socketPath} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, entry);
-      this.socket.write(encodeQmpMessage(request));
+      try {
+        write(encodeQmpMessage(request));
+      } catch (err) {
+        this.pending.delete(id);
+        clearTimeout(entry.timer);
+        reject(err as Error);
+      }
     });
+  }
+
+  /** One sendmsg carrying the fds with the first bytes; the rest (if the kernel took less) follows without fds. */
+  private sendNative(bytes: Buffer, fds: number[], command: string): void {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { native } = require('../../native') as typeof import('../../native');
+    const fd = this.nativeFd as number;
+    const sent = native.sendmsgFds(fd, bytes, fds);
+    if (sent < 0) throw new BatonError('QMP_SEND_FAILED', `QMP socket ${this.socketPath} is full; ${command} with fds was not sent, retry`);
+    // A short write of a small command is rare; the remainder goes through Node's queue, in order.
+    if (sent < bytes.length) this.socket.write(bytes.subarray(sent));
+  }
+
+  /**
+   * Runs a command with `fds` attached (SCM_RIGHTS on the command's bytes), as QEMU's
+   * `getfd` and `add-fd` expect. The fds stay open here: the server receives copies.
+   * Needs a client connected with `{ fdPassing: true }`.
+   */
+  async executeWithFds<T = unknown>(command: string, args: Record<string, unknown> | undefined, fds: number[], options: { timeoutMs?: number } = {}): Promise<T> {
+    if (this.nativeFd === undefined) {
+      throw new BatonError('QMP_NO_FD_PASSING', `QMP client for ${this.socketPath} cannot send fds with ${command}: connect with { fdPassing: true }`);
+    }
+    if (this.closed) throw new BatonError('QMP_DISCONNECTED', `QMP connection to ${this.socketPath} is closed; cannot run ${command}`);
+    // sendmsg bypasses Node's write queue: let earlier writes reach the kernel first so
+    // the bytes stay in order on the wire.
+    while (this.socket.writableLength > 0) await new Promise((resolve) => this.socket.once('drain', resolve));
+    return this.send<T>(command, args, options, (bytes) => this.sendNative(bytes, fds, command));
   }
 
   /** Calls `listener` for every event from now on; returns a function that stops it. */

@@ -77,7 +77,9 @@ export function writeIdentityPageTables(mem: GuestMemory): void {
 /** Linux 64-bit boot protocol: long mode, paging on, flat segments. */
 export function setupLongModeSregs(sregs: Buffer): void {
   setFlatSegments(sregs, { base: 0, limit: 0xffffffff, selector: BOOT_CS, type: 11, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1 });
-  setSregs(sregs, { cr0: CR0_PE | CR0_ET | CR0_PG, cr3: PML4_ADDR, cr4: CR4_PAE, efer: EFER_LME | EFER_LMA });
+  // `>>> 0`: a JS `|` yields a signed 32-bit value, and CR0.PG (bit 31) would then reach
+  // the 64-bit CR0 sign-extended (0xffffffff80000011), which KVM_SET_SREGS refuses.
+  setSregs(sregs, { cr0: (CR0_PE | CR0_ET | CR0_PG) >>> 0, cr3: PML4_ADDR, cr4: CR4_PAE, efer: EFER_LME | EFER_LMA });
 }
 
 export function setupLinux64Regs(regs: Buffer, entry: number, zeroPageAddr: number, stackTop: number): void {

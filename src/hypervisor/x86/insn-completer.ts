@@ -14,6 +14,9 @@
  *  - ldmxcsr m32     CR0.EM or !CR4.OSFXSR: #UD; CR0.TS: #NM; reserved bits: #GP(0).
  *  - stmxcsr m32     same checks (no #GP); writes MXCSR to memory.
  *  - lfence / mfence / sfence   no-op (the exit to us is already serializing).
+ *  - rdtscp          CR4.TSD and CPL > 0: #GP(0); else EDX:EAX = guest TSC, ECX = TSC_AUX
+ *                    (Linux's rdtsc_ordered() uses it when the CPU reports RDTSCP, and on
+ *                    this host the guest sees the host's CPUID).
  * A LOCK prefix on any of them is #UD. A memory operand that is not mapped (or not
  * writable, for stores) gets the #PF the CPU would raise, with CR2 and the error code.
  * Declined: real and virtual-8086 mode, 16-bit addressing, RFLAGS.TF set (a #DB would be
@@ -32,7 +35,6 @@ import { native } from '../../native';
 import { Struct, f, viewOf } from '../../util/struct';
 import { loggerFor } from '../../util/logger';
 import type { GuestMemory } from '../guest-memory';
-import { KVM_FPU_MXCSR_OFFSET } from './boot-regs';
 import { CodeMode, DecodedInstruction, GprName, MAX_INSTRUCTION_LENGTH, decodeInstruction, hex } from './insn-decode';
 import { CR0_PG, EFER_LMA, RegName, getReg, getSegment, getSreg, setRegs, setSregs } from './kvm-structs';
 
@@ -47,6 +49,10 @@ export const KVM_VCPU_EVENTS = new Struct('kvm_vcpu_events', 64, {
   sipi_vector: f(16, 'u32'), flags: f(20, 'u32'),
   exception_has_payload: f(55, 'u8'), exception_payload: f(56, 'u64'),
 });
+/** struct kvm_xsave: MXCSR in the legacy (FXSAVE) area, XSTATE_BV in the XSAVE header. */
+const XSAVE_MXCSR_OFFSET = 24;
+const XSAVE_XSTATE_BV_OFFSET = 512;
+const XFEATURE_SSE = 1n << 1n;
 /** struct kvm_fpu: the x87 status word (ES, bit 7, flags a pending unmasked exception). */
 const KVM_FPU_FSW_OFFSET = 130;
 const FSW_ES = 1 << 7;
@@ -73,6 +79,9 @@ const CR0_WP = 1n << 16n;
 const CR4_OSFXSR = 1n << 9n;
 const CR4_SMAP = 1n << 21n;
 const CR4_LA57 = 1n << 12n;
+const CR4_TSD = 1n << 2n;
+const MSR_IA32_TSC = 0x10;
+const MSR_TSC_AUX = 0xc000_0103;
 /** MXCSR bits a CPU with DAZ accepts (MXCSR_MASK 0xffff); others raise #GP(0) in ldmxcsr. */
 const MXCSR_WRITABLE = 0xffff;
 
@@ -166,12 +175,12 @@ class LinearMemory {
     this.efer = getSreg(sregs, 'efer');
   }
 
-  read(linear: bigint, length: number): Buffer | PageFault {
+  read(linear: bigint, length: number, access: 'data' | 'fetch' = 'data'): Buffer | PageFault {
     const out = Buffer.alloc(length);
     for (let done = 0; done < length;) {
       const at = linear + BigInt(done);
       const chunk = Math.min(length - done, PAGE_SIZE - Number(at & 0xfffn));
-      const gpa = this.translate(at, false);
+      const gpa = this.translate(at, access);
       if (gpa instanceof PageFault) return gpa;
       out.set(this.memory.slice(gpa, chunk), done);
       done += chunk;
@@ -185,7 +194,7 @@ class LinearMemory {
     for (let done = 0; done < data.length;) {
       const at = linear + BigInt(done);
       const chunk = Math.min(data.length - done, PAGE_SIZE - Number(at & 0xfffn));
-      const gpa = this.translate(at, true);
+      const gpa = this.translate(at, 'write');
       if (gpa instanceof PageFault) return gpa;
       pieces.push([gpa, done, chunk]);
       done += chunk;
@@ -197,23 +206,25 @@ class LinearMemory {
   /** Instruction bytes at a linear address: as many as are mapped, up to `max`. */
   fetch(linear: bigint, max: number): Buffer {
     const first = Math.min(max, PAGE_SIZE - Number(linear & 0xfffn));
-    const head = this.read(linear, first);
+    const head = this.read(linear, first, 'fetch');
     if (head instanceof PageFault) return Buffer.alloc(0);
     if (first === max) return head;
-    const tail = this.read(linear + BigInt(first), max - first);
+    const tail = this.read(linear + BigInt(first), max - first, 'fetch');
     return tail instanceof PageFault ? head : Buffer.concat([head, tail]);
   }
 
-  private translate(linear: bigint, write: boolean): number | PageFault {
+  private translate(linear: bigint, access: 'data' | 'fetch' | 'write'): number | PageFault {
+    const write = access === 'write';
     if (!(this.cr0 & BigInt(CR0_PG))) return Number(linear & 0xffff_ffffn);
-    if ((this.efer & BigInt(EFER_LMA)) && !(this.cr4 & CR4_LA57)) return this.walk4Level(linear, write);
+    if ((this.efer & BigInt(EFER_LMA)) && !(this.cr4 & CR4_LA57)) return this.walk4Level(linear, write, access === 'fetch');
     const t = native.kvmTranslate(this.vcpuFd, linear);
     if (!t.valid) return new PageFault(linear, (write ? PF_WRITE : 0) | (this.cpl === 3 ? PF_USER : 0));
     if (write) throw new Error('stores under 32-bit or 5-level paging are not supported (no permission bits from KVM_TRANSLATE)');
     return Number(t.physicalAddress);
   }
 
-  private walk4Level(linear: bigint, write: boolean): number | PageFault {
+  /** The CPU's walk: permissions accumulate over levels; SMAP applies to data, not fetches. */
+  private walk4Level(linear: bigint, write: boolean, fetch: boolean): number | PageFault {
     const user = this.cpl === 3;
     const errorBits = (write ? PF_WRITE : 0) | (user ? PF_USER : 0);
     let table = this.cr3 & PTE_ADDR;
@@ -234,7 +245,7 @@ class LinearMemory {
         const violation = (user && !userOk)
           || (write && !writable && (user || (this.cr0 & CR0_WP) !== 0n))
           // SMAP: supervisor data access to a user page with RFLAGS.AC clear.
-          || (!user && userOk && (this.cr4 & CR4_SMAP) !== 0n && !(this.rflags & RFLAGS_AC));
+          || (!user && !fetch && userOk && (this.cr4 & CR4_SMAP) !== 0n && !(this.rflags & RFLAGS_AC));
         if (violation) return new PageFault(linear, errorBits | PF_PRESENT);
         // The CPU sets accessed bits on every level and dirty on the leaf for writes.
         // Only byte 0 of an entry holds these bits; a one-byte OR keeps the rest intact.
@@ -394,7 +405,15 @@ function execute(ctx: Context): Outcome {
     case 'ldmxcsr': return mxcsr(ctx, 'load');
     case 'stmxcsr': return mxcsr(ctx, 'store');
     case 'lfence': case 'mfence': case 'sfence': return next;
+    case 'rdtscp': return rdtscp(ctx);
   }
+}
+
+function rdtscp(ctx: Context): Outcome {
+  if (ctx.cpl > 0 && (getSreg(ctx.sregs, 'cr4') & CR4_TSD)) return fault(VECTOR.GP, 0);
+  const [tsc, aux] = native.kvmGetMsrs(ctx.vcpuFd, [MSR_IA32_TSC, MSR_TSC_AUX]);
+  setRegs(ctx.regs, { rax: tsc & 0xffff_ffffn, rdx: (tsc >> 32n) & 0xffff_ffffn, rcx: aux & 0xffff_ffffn });
+  return next;
 }
 
 function setAc(ctx: Context, on: boolean): Outcome {
@@ -437,18 +456,33 @@ function mxcsr(ctx: Context, direction: 'load' | 'store'): Outcome {
   const cr0 = getSreg(ctx.sregs, 'cr0');
   if ((cr0 & CR0_EM) || !(getSreg(ctx.sregs, 'cr4') & CR4_OSFXSR)) return fault(VECTOR.UD);
   if (cr0 & CR0_TS) return fault(VECTOR.NM);
-  const fpu = native.kvmGetFpu(ctx.vcpuFd);
   if (direction === 'load') {
     const value = readMemory(ctx, 4).readUInt32LE(0);
     if (value & ~MXCSR_WRITABLE) return fault(VECTOR.GP, 0);
-    fpu.writeUInt32LE(value, KVM_FPU_MXCSR_OFFSET);
-    native.kvmSetFpu(ctx.vcpuFd, fpu);
+    writeMxcsr(ctx.vcpuFd, value);
   } else {
     const out = Buffer.alloc(4);
-    out.writeUInt32LE(fpu.readUInt32LE(KVM_FPU_MXCSR_OFFSET), 0);
+    out.writeUInt32LE(readMxcsr(ctx.vcpuFd), 0);
     writeMemory(ctx, out);
   }
   return next;
+}
+
+/**
+ * MXCSR goes through KVM_GET/SET_XSAVE: on this host KVM_GET_FPU reports MXCSR as 0 and
+ * KVM_SET_FPU ignores it (measured). The kernel copies MXCSR in only when XSTATE_BV has
+ * SSE (or YMM), so SSE is marked present; absent features read back as their init values,
+ * so the XMM registers keep what they were.
+ */
+function readMxcsr(vcpuFd: number): number {
+  return native.kvmGetXsave(vcpuFd).readUInt32LE(XSAVE_MXCSR_OFFSET);
+}
+
+function writeMxcsr(vcpuFd: number, value: number): void {
+  const xsave = native.kvmGetXsave(vcpuFd);
+  xsave.writeUInt32LE(value >>> 0, XSAVE_MXCSR_OFFSET);
+  xsave.writeBigUInt64LE(xsave.readBigUInt64LE(XSAVE_XSTATE_BV_OFFSET) | XFEATURE_SSE, XSAVE_XSTATE_BV_OFFSET);
+  native.kvmSetXsave(vcpuFd, xsave);
 }
 
 /** kvm_regs names by x86 register encoding. */
@@ -505,8 +539,8 @@ function writeMemory(ctx: Context, data: Uint8Array): void {
  * Installs the completer as the VM's `instructionCompleter` hook and returns it (for its
  * counts and last decline). Call once per VM, before its vCPUs run.
  */
-export function installInstructionCompleter(
-  vm: { memory: GuestMemory; instructionCompleter?: (vcpu: CompletableVcpu) => boolean },
+export function installInstructionCompleter<V extends CompletableVcpu>(
+  vm: { memory: GuestMemory; instructionCompleter?: (vcpu: V) => boolean },
   options: Partial<CompleterOptions> = {},
 ): InstructionCompleter {
   const completer = new InstructionCompleter(vm.memory, options);

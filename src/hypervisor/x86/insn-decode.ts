@@ -62,7 +62,7 @@ export interface ModRm {
 
 /** The instructions Baton knows how to complete (see insn-completer.ts for their semantics). */
 export type Mnemonic = 'int3' | 'fwait' | 'clac' | 'stac' | 'popcnt' | 'ldmxcsr' | 'stmxcsr'
-  | 'lfence' | 'mfence' | 'sfence';
+  | 'lfence' | 'mfence' | 'sfence' | 'rdtscp';
 
 export interface DecodedInstruction {
   mnemonic: Mnemonic;
@@ -102,6 +102,7 @@ const FORMS: Form[] = [
   { mnemonic: 'lfence', opcode: [0x0f, 0xae], modrm: 0xe8 },
   { mnemonic: 'mfence', opcode: [0x0f, 0xae], modrm: 0xf0 },
   { mnemonic: 'sfence', opcode: [0x0f, 0xae], modrm: 0xf8 },
+  { mnemonic: 'rdtscp', opcode: [0x0f, 0x01], modrm: 0xf9 },
 ];
 
 export function hex(bytes: Uint8Array | number[]): string {

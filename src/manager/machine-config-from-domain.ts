@@ -1,0 +1,91 @@
+import path from 'node:path';
+import type { MachineConfig } from '../hypervisor/machine-config';
+import { BatonPaths, domainFiles } from '../domain/paths';
+import { Domain } from '../domain/types';
+import { BatonError } from '../util/errors';
+import { ManagerErrorCode } from './errors';
+
+/**
+ * Domain (plain data from the XML) → the MachineConfig baton-hv reads with `--config`.
+ * Every file the hypervisor creates lives in the run directory (sockets, file-backed RAM)
+ * or the log directory (serial log), named after the domain (src/domain/paths.ts).
+ */
+
+/** Where the manager writes a domain's machine config for baton-hv (not `.json`: the run dir's `*.json` are runtime records). */
+export function machineConfigFile(paths: BatonPaths, name: string): string {
+  return path.join(paths.runDir, `${name}.hv-config`);
+}
+
+/** RAM file of a domain with `<memoryBacking><source type='file'/>`. */
+export function memoryFile(paths: BatonPaths, name: string): string {
+  return path.join(paths.runDir, `${name}.ram`);
+}
+
+/** QEMU-style ids of interface `index`: `-netdev ...,id=net0` and `-device ...,id=nic0`. */
+export function nicIds(index: number): { netdev: string; device: string } {
+  return { netdev: `net${index}`, device: `nic${index}` };
+}
+
+function unsupportedAction(element: string, value: string, supported: string[]): never {
+  throw new BatonError(
+    ManagerErrorCode.Unsupported,
+    `/domain/${element}: '${value}' is not supported by baton-hv yet (it supports ${supported.join(', ')}); change it with 'baton vm define'`,
+    { path: `/domain/${element}` },
+  );
+}
+
+export interface MachineConfigOptions {
+  /** Start with the vCPUs stopped (the manager always does, and sends `cont` after setting up the host side). */
+  startPaused: boolean;
+}
+
+export function machineConfigFromDomain(domain: Domain, paths: BatonPaths, options: MachineConfigOptions): MachineConfig {
+  const files = domainFiles(paths, domain.name);
+  const onPoweroff = domain.onPoweroff === 'restart' ? unsupportedAction('on_poweroff', 'restart', ['destroy', 'preserve']) : domain.onPoweroff;
+  const onReboot = domain.onReboot === 'preserve' ? unsupportedAction('on_reboot', 'preserve', ['restart', 'destroy']) : domain.onReboot;
+  const onCrash = domain.onCrash === 'restart' ? unsupportedAction('on_crash', 'restart', ['destroy', 'preserve']) : domain.onCrash;
+
+  const netdevs: string[] = [];
+  const devices: string[] = [];
+  domain.interfaces.forEach((nic, index) => {
+    const ids = nicIds(index);
+    const queues = nic.driver?.queues ?? 1;
+    // script=no,downscript=no: the manager, not a script, configures the host side.
+    let netdev = `tap,id=${ids.netdev},ifname=${nic.tapName},script=no,downscript=no`;
+    if (queues > 1) netdev += `,queues=${queues}`;
+    // driver name='vhost' asks for vhost-net; baton-hv refuses it clearly where it cannot.
+    if (nic.driver?.name === 'vhost') netdev += ',vhost=on';
+    netdevs.push(netdev);
+    let device = `virtio-net-pci,netdev=${ids.netdev},id=${ids.device},mac=${nic.mac}`;
+    if (queues > 1) device += ',mq=on';
+    devices.push(device);
+  });
+
+  return {
+    name: domain.name,
+    uuid: domain.uuid,
+    memory: {
+      sizeMiB: domain.memoryKiB / 1024,
+      backing: domain.memoryBacking.source,
+      ...(domain.memoryBacking.source === 'file' ? { path: memoryFile(paths, domain.name) } : {}),
+    },
+    vcpus: domain.vcpus,
+    cpuModel: 'baton-pvm',
+    kernel: domain.os.kernel,
+    ...(domain.os.initrd !== undefined ? { initrd: domain.os.initrd } : {}),
+    cmdline: domain.os.cmdline ?? '',
+    // The serial log is always written (a domain's own <log file> gets a link in the log dir,
+    // see supervisor.ts); the console socket exists only when the domain has a <serial>.
+    serial: {
+      logFile: domain.serial?.log?.file ?? files.serialLog,
+      ...(domain.serial ? { socket: files.consoleSocket } : {}),
+    },
+    netdevs,
+    devices,
+    monitor: { socket: files.monitorSocket },
+    startPaused: options.startPaused,
+    onPoweroff,
+    onReboot,
+    onCrash,
+  };
+}

@@ -187,12 +187,45 @@ export class Nics {
     this.devices.delete(id);
   }
 
+  /**
+   * The device property `local-migration` (QEMU's qom-set on /machine/peripheral/ID): on,
+   * the NIC's TAP fds travel on a local migration; off, the destination brings its own TAP
+   * (new-tap policy).
+   */
+  setLocalMigration(id: string, on: boolean): void {
+    const d = this.devices.get(id);
+    if (!d) throw new BatonError('EDEVICE', `Device '${id}' not found`);
+    if (d.opts.localMigration === on) return;
+    d.opts.localMigration = on;
+    const section = `netdev/${d.opts.netdev}`;
+    const at = this.vm.extraDeviceState.findIndex((o) => o.section === section);
+    if (!on && at >= 0) this.vm.extraDeviceState.splice(at, 1);
+    if (on && at < 0) {
+      // Before the device's own section, so the fds arrive first.
+      const devAt = this.vm.extraDeviceState.findIndex((o) => o.section === `dev/net/${id}`);
+      this.vm.extraDeviceState.splice(devAt < 0 ? 0 : devAt, 0, this.netdevHandover(d.opts.netdev, this.netdevs.get(d.opts.netdev) as TapBackend));
+    }
+  }
+
   /** QEMU's set_link: the name is a device id or a netdev id. */
   setLink(name: string, up: boolean): void {
     const d = this.devices.get(name) ?? [...this.devices.values()].find((x) => x.opts.netdev === name);
     if (!d) throw new BatonError('EDEVICE', `Device '${name}' not found`);
     d.attached.device.setLink(up);
   }
+
+  /** Netpass: the TAP queues of every NIC, the hold switch, and the replay. */
+  readonly netpass = {
+    sources: (): { id: string; fds: number[] }[] => [...this.devices.values()]
+      .map((d) => ({ id: d.opts.netdev, fds: this.netdevs.get(d.opts.netdev)?.fds ?? [] }))
+      .filter((x) => x.fds.length > 0),
+    hold: (on: boolean): void => { for (const d of this.devices.values()) d.attached.device.holdRx(on); },
+    replay: (netdevId: string, queues: Buffer[][]): void => {
+      const d = [...this.devices.values()].find((x) => x.opts.netdev === netdevId);
+      if (!d) throw new BatonError('ENETDEV', `netpass frames for netdev ${netdevId}, which this VM does not have`);
+      queues.forEach((frames, q) => { if (frames.length) d.attached.device.replayRx(frames, q); });
+    },
+  };
 
   info(): NicInfo[] {
     return [...this.devices.values()].map(({ opts, attached }) => {

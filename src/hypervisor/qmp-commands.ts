@@ -30,6 +30,7 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   const server = new QmpServer({ transport: new NativeMonitorTransport() });
   const migration = new MigrationManager(vm, (n, d) => server.emitEvent(n, d), {
     onLocalHandoverComplete: () => hv.nics.releaseHandedOver(),
+    netpass: hv.nics.netpass,
   });
   const reg = (name: string, def: Parameters<QmpServer['registerCommand']>[1]) => server.registerCommand(name, def);
 
@@ -99,11 +100,12 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   });
   reg('migrate_cancel', { handler: () => { migration.cancel(); return {}; } });
   reg('migrate-set-parameters', {
-    args: { '*local': 'bool', '*downtime-limit': 'uint64' },
+    args: { '*local': 'bool', '*downtime-limit': 'uint64', '*netpass': 'bool' },
     handler: (args) => asQmp(() => {
       if (['setup', 'active', 'device'].includes(migration.status)) throw genericError("There's a migration process in progress");
       if (args.local !== undefined) migration.parameters.local = args.local as boolean;
       if (args['downtime-limit'] !== undefined) migration.parameters['downtime-limit'] = Number(args['downtime-limit']);
+      if (args.netpass !== undefined) migration.parameters.netpass = args.netpass as boolean;
       return {};
     }),
   });
@@ -169,6 +171,18 @@ function registerNicCommands(hv: Hypervisor, reg: (name: string, def: Parameters
   reg('set_link', {
     args: { name: 'str', up: 'bool' },
     handler: (args) => asQmp(() => { nics.setLink(args.name as string, args.up as boolean); return {}; }),
+  });
+  // QEMU's generic property setter, for the one runtime-settable NIC property.
+  reg('qom-set', {
+    args: { path: 'str', property: 'str', value: 'any' },
+    handler: (args) => asQmp(() => {
+      const m = /^\/machine\/peripheral\/([^/]+)$/.exec(args.path as string);
+      if (!m) throw genericError(`Device '${args.path}' not found`);
+      if (args.property !== 'local-migration') throw genericError(`Property '${args.property}' not found`);
+      if (typeof args.value !== 'boolean') throw genericError(`Parameter 'local-migration' expects a boolean`);
+      nics.setLocalMigration(m[1], args.value);
+      return {};
+    }),
   });
   // Baton extension: NICs with their backends (QEMU shows this only in HMP `info network`).
   reg('x-query-nics', { handler: () => nics.info() });

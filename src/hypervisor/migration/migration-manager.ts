@@ -18,7 +18,9 @@ import { loggerFor } from '../../util/logger';
 import { Vm, RunStatus } from '../vm';
 import { ByteSink, ByteSource, FileSink, FileSource } from './byte-channel';
 import { UnixChannel } from './unix-channel';
-import { RamTransfer, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
+import { NetpassRecorder, decodeCapture, encodeCapture } from '../net/netpass';
+import { StreamError, decodeRecord, encodeEnd, encodeRecord, encodeSection } from './stream-format';
+import { RamTransfer, readSection, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
 
 const log = loggerFor('migration');
 
@@ -36,12 +38,28 @@ export interface MigrationInfo {
 export interface MigrationParameters {
   local: boolean;
   'downtime-limit': number;
+  /** Baton extension: buffer NIC frames during the switchover and replay them on the destination. */
+  netpass: boolean;
+}
+
+/** What netpass needs from the NICs, without the migration code knowing about virtio. */
+export interface NetpassNics {
+  /** The TAP queues to read on the source while the VM is paused. */
+  sources(): { id: string; fds: number[] }[];
+  /** Destination: hold (or release) TAP reads until the replay is queued. */
+  hold(on: boolean): void;
+  /** Deliver frames to the NIC on netdev `id`, ahead of newer ones. */
+  replay(id: string, queues: Buffer[][]): void;
 }
 
 export interface MigrationHooks {
   /** After a completed outgoing local migration: hand the TAP queues over for good. */
   onLocalHandoverComplete?(): void;
+  netpass?: NetpassNics;
 }
+
+/** How long a destination waits for the netpass frames before giving up on them (never on the migration). */
+const NETPASS_WAIT_MS = 3000;
 
 interface Reply { ready?: boolean; done?: boolean; error?: string }
 
@@ -69,7 +87,7 @@ function parseUri(uri: string): { kind: 'file' | 'unix' | 'tcp'; target: string 
 export class MigrationManager {
   status: MigrationStatus = 'none';
   readonly capabilities = new Map<string, boolean>([['events', false], ['x-ignore-shared', false], ['return-path', false]]);
-  readonly parameters: MigrationParameters = { local: false, 'downtime-limit': 300 };
+  readonly parameters: MigrationParameters = { local: false, 'downtime-limit': 300, netpass: false };
   /** `cont` during inmigrate: run once the incoming state is loaded. */
   autostart = false;
   private info: MigrationInfo = { status: 'none' };
@@ -129,13 +147,15 @@ export class MigrationManager {
     let paused = false;
     let destinationRunning = false;
     let sink: ByteSink | undefined;
+    const netpass = kind === 'unix' && this.parameters.netpass && this.hooks.netpass ? this.hooks.netpass : undefined;
+    let recorder: NetpassRecorder | undefined;
     try {
       let sections = 0;
       if (kind === 'unix') {
         const ch = UnixChannel.connect(target);
         this.channel = ch;
         sink = ch;
-        sections = await saveSetup(this.vm, ch, { ram, withFds: true });
+        sections = await saveSetup(this.vm, ch, { ram, withFds: true, netpass: !!netpass });
         const r = await readReply(ch, 'ready');
         if (!r.ready) throw new BatonError('EMIGRATE', `destination failed during setup: ${r.error ?? 'no ready signal'}`);
       } else {
@@ -148,15 +168,17 @@ export class MigrationManager {
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
       paused = true;
+      if (netpass) recorder = new NetpassRecorder(netpass.sources());
       this.checkCancelled();
       this.setStatus('device');
       let ramBytes: number;
       if (kind === 'unix') {
         const ch = sink as UnixChannel;
-        ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local }, sections)).ramBytes;
+        ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local, netpass: !!netpass }, sections)).ramBytes;
         const r = await readReply(ch, 'done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
         destinationRunning = true;
+        if (recorder) await this.sendNetpass(ch, recorder);
       } else {
         ramBytes = (await saveVm(this.vm, sink, { ram: 'copy', withFds: false })).ramBytes;
       }
@@ -179,6 +201,8 @@ export class MigrationManager {
       this.info = cancelled ? { status: 'cancelled' } : { status: 'failed', 'error-desc': e.message };
       this.setStatus(cancelled ? 'cancelled' : 'failed');
       if (!destinationRunning) {
+        // Frames read during the attempt belong to this guest again.
+        if (recorder && netpass) for (const [id, queues] of recorder.stop().frames) netpass.replay(id, queues);
         if (paused && before === 'running') this.vm.resume();
         else if (paused) this.vm.setStatus(before);
       }
@@ -186,6 +210,49 @@ export class MigrationManager {
     } finally {
       this.vm.statusBeforeSave = undefined;
       this.channel = undefined;
+    }
+  }
+
+  /** After the destination runs: the buffered frames, then an end marker. Failure costs frames, not the migration. */
+  private async sendNetpass(ch: UnixChannel, recorder: NetpassRecorder): Promise<void> {
+    const capture = recorder.stop();
+    try {
+      let n = 0;
+      for (const [id, queues] of capture.frames) {
+        const { head, blobs } = encodeCapture(queues);
+        await ch.write(encodeSection(`netpass/${id}`, 1, encodeRecord(head, blobs)));
+        n++;
+      }
+      await ch.write([encodeEnd(n)]);
+      log.info(`netpass: sent ${capture.frameCount} frame(s), ${capture.bytes} bytes` + (capture.dropped ? `, ${capture.dropped} dropped over the buffer limit` : ''));
+    } catch (err) {
+      log.warn(`netpass: ${capture.frameCount} buffered frame(s) could not be sent: ${(err as Error).message}`);
+    }
+  }
+
+  /** Destination side of netpass: frames arrive after {done}; the NICs hold TAP reads until then. */
+  private async receiveNetpass(ch: UnixChannel): Promise<void> {
+    const netpass = this.hooks.netpass;
+    if (!netpass) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StreamError(`no netpass frames within ${NETPASS_WAIT_MS} ms`, 'netpass')), NETPASS_WAIT_MS);
+      });
+      await Promise.race([timeout, (async () => {
+        for (;;) {
+          const s = await readSection(ch, 'netpass');
+          if ('end' in s) break;
+          const rec = decodeRecord(s.name, s.payload);
+          const queues = decodeCapture(rec.head as { queues: number[][] }, (name) => rec.blobs.get(name) ?? Buffer.alloc(0));
+          netpass.replay(s.name.slice('netpass/'.length), queues);
+        }
+      })()]);
+    } catch (err) {
+      log.warn(`netpass: buffered frames lost: ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+      netpass.hold(false);
     }
   }
 
@@ -221,17 +288,20 @@ export class MigrationManager {
         src = new FileSource(target);
       }
       const channel = ch;
-      const { status } = await restoreVm(this.vm, src, {
+      const { status, netpass } = await restoreVm(this.vm, src, {
         onSetupDone: async () => {
           this.setStatus('active');
           if (channel) await sendReply(channel, { ready: true });
         },
       });
+      const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;
+      if (waitNetpass) this.hooks.netpass?.hold(true);
       if ((status === 'running' && autostart) || this.autostart) this.vm.resume();
       else this.vm.setStatus('paused');
       if (ch) await sendReply(ch, { done: true });
       this.info = { status: 'completed' };
       this.setStatus('completed');
+      if (waitNetpass && ch) await this.receiveNetpass(ch);
     } catch (err) {
       const e = err as Error;
       log.error(`incoming migration from ${uri} failed: ${e.message}`);

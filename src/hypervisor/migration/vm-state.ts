@@ -42,6 +42,8 @@ export interface SaveOptions {
   ram: RamTransfer;
   /** The channel carries fds (local migration): fd-carrying sections are included. */
   withFds: boolean;
+  /** Netpass frames follow the stream once the destination runs (see net/netpass.ts). */
+  netpass?: boolean;
 }
 
 export function deviceStateOwners(vm: Vm): DeviceStateOwner[] {
@@ -67,7 +69,7 @@ export async function saveSetup(vm: Vm, sink: ByteSink, opts: SaveOptions): Prom
   let sections = 0;
   await sink.write(encodeSection('machine', 1, encodeRecord({
     name: vm.config.name, memoryMiB: vm.config.memory.sizeMiB, vcpus: vm.config.vcpus, cpuModel: vm.config.cpuModel,
-    ram: opts.ram, status: vm.statusBeforeSave ?? vm.status,
+    ram: opts.ram, status: vm.statusBeforeSave ?? vm.status, netpass: !!opts.netpass,
   })));
   sections++;
   if (opts.ram === 'fd') {
@@ -152,7 +154,7 @@ async function takeFds(src: ByteSource, section: string, count: number): Promise
   return src.takeFds(count, section);
 }
 
-async function readSection(src: ByteSource, after: string): Promise<Section | { end: number }> {
+export async function readSection(src: ByteSource, after: string): Promise<Section | { end: number }> {
   const tag = (await src.read(1, `after ${after}`))[0];
   if (tag === TAG_END) return { end: (await src.read(4, 'end')).readUInt32LE(0) };
   if (tag !== TAG_SECTION) throw new StreamError(`unknown tag 0x${tag.toString(16)} (corrupt stream)`, `after ${after}`);
@@ -177,13 +179,14 @@ export interface RestoreHooks {
   onSetupDone?(): Promise<void>;
 }
 
-export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {}): Promise<{ status: string }> {
+export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {}): Promise<{ status: string; netpass: boolean }> {
   decodeHeader(await src.read(HEADER_SIZE, 'header'));
   // Devices may appear during the restore (NICs attach when RAM arrives): look owners up late.
   const ownerOf = (section: string) => deviceStateOwners(vm).find((d) => d.section === section);
   let count = 0;
   let last = 'header';
   let savedStatus = 'running';
+  let netpass = false;
   let sawMachine = false;
   for (;;) {
     const s = await readSection(src, last);
@@ -204,6 +207,7 @@ export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {
         throw new StreamError('the source shares its RAM through a file; start the destination with the same --mem-path', s.name);
       }
       savedStatus = m.status;
+      netpass = (m as { netpass?: boolean }).netpass === true;
       sawMachine = true;
       // RAM that is copied or shared by path is ours to map now; an fd comes in its own section.
       if (m.ram !== 'fd' && !vm.hasMemory) vm.attachFreshMemory();
@@ -248,5 +252,5 @@ export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {
       }
     }
   }
-  return { status: savedStatus };
+  return { status: savedStatus, netpass };
 }

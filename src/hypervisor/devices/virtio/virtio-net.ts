@@ -60,7 +60,12 @@ class QueuePair {
   readonly rxPairStart = new Uint32Array(BATCH_PACKETS);
   readonly txTable = new IovTable(TABLE_PAIRS, BATCH_PACKETS);
   readonly txHeads = new Uint16Array(BATCH_PACKETS);
-  readonly stats = { rxPackets: 0, rxBytes: 0, txPackets: 0, txErrors: 0, rxNoBuffers: 0, readErrors: 0 };
+  readonly stats = { rxPackets: 0, rxBytes: 0, txPackets: 0, txErrors: 0, rxNoBuffers: 0, readErrors: 0, replayed: 0 };
+  /**
+   * Frames to deliver before anything newer from the TAP (netpass: what the migration
+   * source buffered during the switchover), exactly as a TAP readv would return them.
+   */
+  replay: Buffer[] = [];
   /** Bound once: continues transmitting on the next loop turn when a wake-up's budget ran out. */
   txLater: () => void = () => undefined;
 
@@ -106,6 +111,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
   private offered: FeatureBits;
   /** Bytes skipped at the front of chains when the TAP has no vnet header (we write the header). */
   private hdrSkip = 0;
+  private rxHeld = false;
   private mergeable = false;
   private rxNeed = MAX_PLAIN_FRAME + VIRTIO_NET_HDR_SIZE;
   private readonly configBytes = new Uint8Array(VIRTIO_NET_CONFIG.size);
@@ -232,7 +238,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
     if (q & 1) this.processTx(pair);
     else {
       // New receive buffers: read the TAP again.
-      pair.wantRead = this.linkUp;
+      pair.wantRead = this.linkUp && !this.rxHeld;
       this.updateWatch(pair);
       this.processRx(pair);
     }
@@ -270,7 +276,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
       p.fd = this.options.backend.fds[p.index];
       this.transport.guarded(() => {
         if (!p.rx.ready || !p.tx.ready) return;
-        p.wantRead = this.linkUp;
+        p.wantRead = this.linkUp && !this.rxHeld;
         this.updateWatch(p);
         this.processTx(p);
         this.processRx(p);
@@ -389,8 +395,52 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
 
   // ---------------------------------------------------------------- receive: TAP -> guest
 
+  /** Fills up to `nPk` popped packets from the replay queue, as readvBatch fills them from the TAP. */
+  private copyReplay(p: QueuePair, nPk: number): number {
+    const t = p.rxTable;
+    const bytes = this.dma.bytes;
+    let k = 0;
+    for (; k < nPk && p.replay.length; k++) {
+      const frame = p.replay.shift() as Buffer;
+      let at = 0;
+      const end = p.rxPairStart[k] + t.iovCounts[k];
+      for (let i = p.rxPairStart[k]; i < end && at < frame.length; i++) {
+        const take = Math.min(t.iovs[2 * i + 1], frame.length - at);
+        bytes.set(frame.subarray(at, at + take), t.iovs[2 * i]);
+        at += take;
+      }
+      t.lengths[k] = at; // a frame larger than the buffers is truncated, as readv would
+      p.stats.replayed++;
+    }
+    // A short batch would read as "TAP empty": deliver the TAP's frames on the next turn.
+    if (k < nPk && !p.replay.length) setImmediate(() => this.transport.guarded(() => this.processRx(p)));
+    return k;
+  }
+
+  /**
+   * Netpass on the destination: while held, nothing is read from the TAP, so frames the
+   * source buffered (given to `replayRx`) reach the guest before newer ones.
+   */
+  holdRx(on: boolean): void {
+    if (on === this.rxHeld) return;
+    this.rxHeld = on;
+    if (on) {
+      for (const p of this.pairs) { p.wantRead = false; this.updateWatch(p); }
+    } else {
+      this.startDataPath();
+    }
+  }
+
+  /** Queues frames for delivery ahead of the TAP's (see holdRx); frames land on queue pair `pair`. */
+  replayRx(frames: Buffer[], pair = 0): void {
+    const p = this.pairs[Math.min(pair, Math.max(0, this.activePairs - 1))];
+    if (!p) return;
+    p.replay.push(...frames);
+    if (!this.rxHeld) this.startDataPath();
+  }
+
   private processRx(p: QueuePair): void {
-    if (!this.live || !p.wantRead || p.index >= this.activePairs || !p.rx.ready) return;
+    if (!this.live || !p.wantRead || this.rxHeld || p.index >= this.activePairs || !p.rx.ready) return;
     const rx = p.rx;
     const t = p.rxTable;
     let completed = 0;
@@ -437,7 +487,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
       }
       let n: number;
       try {
-        n = native.readvBatch(p.fd, this.dma.bytes, t.iovs, t.iovCounts, nPk, t.lengths);
+        n = p.replay.length ? this.copyReplay(p, nPk) : native.readvBatch(p.fd, this.dma.bytes, t.iovs, t.iovCounts, nPk, t.lengths);
       } catch (err) {
         p.stats.readErrors++;
         if (p.stats.readErrors <= 10) log.warn(`${this.name}: rx${p.index}: reading the TAP: ${(err as Error).message}`);

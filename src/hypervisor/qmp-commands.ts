@@ -73,6 +73,8 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   });
   // Baton extension (QEMU prints this on stderr): why the VM is in internal-error.
   reg('x-query-internal-error', { handler: () => vm.lastError ?? {} });
+  // Baton extension: instructions completed for the host's emulator, per instruction.
+  reg('x-query-instruction-completions', { handler: () => vm.completer?.countsObject() ?? {} });
 
   reg('migrate-set-capabilities', {
     args: { capabilities: { array: { struct: { capability: 'str', state: 'bool' } } } },

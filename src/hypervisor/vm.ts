@@ -22,11 +22,12 @@ import { PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA, PciHost } from './devices/pci';
 import { Serial8250 } from './devices/serial';
 import { GuestMemory, GuestRamRegion } from './guest-memory';
 import { GsiRouter } from './devices/virtio/gsi-router';
+import { InstructionCompleter, installInstructionCompleter } from './x86/insn-completer';
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, MiB } from './layout';
 import { PciIrqRoute, writeMptable } from './boot/mptable';
 import { MachineConfig } from './machine-config';
 import type { DeviceStateOwner } from './migration/vm-state';
-import { Vcpu, VcpuHost } from './vcpu';
+import { Vcpu, VcpuHost, VcpuState, restoreVcpuState, saveVcpuState } from './vcpu';
 import { cpuModel, cpuidForVcpu, CpuidEntry } from './x86/cpu-model';
 import { setupFpu, setupLint } from './x86/boot-regs';
 import { getReg, getSegment, getSreg } from './x86/kvm-structs';
@@ -83,9 +84,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
    * completed the instruction the host's emulator rejected (vCPU state updated).
    */
   instructionCompleter?: (vcpu: Vcpu) => boolean;
+  completer?: InstructionCompleter;
   /** The status to record in a save taken while we pause for it. */
   statusBeforeSave?: RunStatus;
   private cpuid: CpuidEntry[] = [];
+  private powerOnState!: { vcpus: VcpuState[]; irqchips: Buffer[] };
 
   /** Guest RAM's fd (-1 until attached) and its mapping. */
   memFd = -1;
@@ -140,6 +143,8 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     });
     this.memFd = memFd;
     this.memory = new GuestMemory(regions);
+    // Completing instructions the host's emulator rejects needs guest memory (to decode).
+    this.completer = installInstructionCompleter(this);
     this.emit('memoryAttached');
   }
 
@@ -180,6 +185,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
       native.kvmSetCpuid2(fd, cpuidForVcpu(this.cpuid, id, this.config.vcpus));
       this.vcpus.push(new Vcpu(id, fd, mmapSize, this));
     }
+    // A reset returns every vCPU (LAPIC, APIC base, mp_state...) and the irqchips to this.
+    this.powerOnState = {
+      vcpus: this.vcpus.map((v) => saveVcpuState(v.fd, [])),
+      irqchips: [0, 1, 2].map((id) => native.kvmGetIrqchip(this.vmFd, id)),
+    };
   }
 
   /** Loads kernel/initrd/cmdline/tables into RAM and puts every vCPU in its boot state. */
@@ -270,7 +280,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     }
     if (reason === EXIT.INTERNAL_ERROR && this.instructionCompleter?.(vcpu)) return true;
     const report: InternalErrorReport = { vcpu: vcpu.id, reason: exitName(reason) };
-    if (reason === EXIT.INTERNAL_ERROR && vcpu) Object.assign(report, this.describeInternalError(vcpu));
+    if (reason === EXIT.INTERNAL_ERROR) {
+      Object.assign(report, this.describeInternalError(vcpu));
+      const declined = this.completer?.lastDecline;
+      if (declined && declined.vcpu === vcpu.id) report.reason += ` (not completed: ${declined.reason})`;
+    }
     try {
       const regs = native.kvmGetRegs(vcpu.fd);
       const sregs = native.kvmGetSregs(vcpu.fd);
@@ -336,6 +350,8 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   async reset(reason = 'host-qmp-system-reset'): Promise<void> {
     const wasRunning = this.status === 'running';
     await this.pause(this.status === 'running' ? 'paused' : this.status, false);
+    for (const chip of this.powerOnState.irqchips) native.kvmSetIrqchip(this.vmFd, chip);
+    this.vcpus.forEach((v, i) => restoreVcpuState(v.fd, this.powerOnState.vcpus[i]));
     this.loadImageAndResetVcpus();
     this.emit('event', 'RESET', { guest: reason.startsWith('guest'), reason });
     if (wasRunning) this.runVcpus();

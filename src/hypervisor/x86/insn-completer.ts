@@ -13,6 +13,7 @@
  *  - fwait           CR0.MP and CR0.TS: #NM; pending x87 exception: declined; else no-op.
  *  - ldmxcsr m32     CR0.EM or !CR4.OSFXSR: #UD; CR0.TS: #NM; reserved bits: #GP(0).
  *  - stmxcsr m32     same checks (no #GP); writes MXCSR to memory.
+ *                    (MXCSR goes through KVM_GET/SET_XSAVE: KVM_GET/SET_FPU drop it here.)
  *  - lfence / mfence / sfence   no-op (the exit to us is already serializing).
  *  - rdtscp          CR4.TSD and CPL > 0: #GP(0); else EDX:EAX = guest TSC, ECX = TSC_AUX
  *                    (Linux's rdtsc_ordered() uses it when the CPU reports RDTSCP, and on
@@ -21,7 +22,7 @@
  * writable, for stores) gets the #PF the CPU would raise, with CR2 and the error code.
  * Declined: real and virtual-8086 mode, 16-bit addressing, RFLAGS.TF set (a #DB would be
  * owed), an event already being delivered, pending x87 exceptions, 32-bit paging modes for
- * stores (KVM_TRANSLATE reports presence only).
+ * stores (KVM_TRANSLATE reports presence only), non-canonical memory operands.
  *
  * Guards (the event loop is never blocked: each completion is one short synchronous step):
  *  - no progress: the same RIP with byte-identical registers completed back-to-back more

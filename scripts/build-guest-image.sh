@@ -50,10 +50,12 @@ CMDLINE_OPTIONS=(
   quiet                      # fewer console lines: every character is a UART exit
   init_on_alloc=0            # Debian zeroes every allocated page by default: costly memsets
   cryptomgr.notests          # skip the crypto self-tests run for each algorithm at boot
-  clearcpuid=smap,popcnt,cx16 # the kernel's own feature bits decide its alternatives, and hiding
-                             # these in CPUID was not enough on this host (HOST-FACTS.md): no
-                             # CLAC/STAC on every entry, no POPCNT, no CMPXCHG16B (which the
-                             # emulator rejects) in SLUB. (6.1 reports noxsave and nokaslr as
+  clearcpuid=smap,popcnt,cx16,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni,movbe,gfni,vaes,vpclmulqdq
+                             # the kernel's own feature bits decide its alternatives, and on this
+                             # host the guest's CPUID shows the host's bits whatever KVM_SET_CPUID2
+                             # says: no CLAC/STAC on every entry, no POPCNT, no CMPXCHG16B (which
+                             # the emulator rejects) in SLUB, and no SSSE3/SSE4/AES/SHA crypto
+                             # paths, whose vector instructions the emulator rejects one by one. (6.1 reports noxsave and nokaslr as
                              # "unknown" because they are parsed early; they do take effect.)
   8250.nr_uarts=1            # register (and probe) only ttyS0, not four legacy UARTs
   i8042.noaux                # no PS/2 mouse port: the i8042 is there for Ctrl-Alt-Del only

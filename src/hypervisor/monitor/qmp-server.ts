@@ -18,8 +18,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type winston from 'winston';
-import { loggerFor } from '../../util/logger';
+import { Logger, loggerFor } from '../../util/logger';
 import { checkArguments, QmpCommandRegistry, type QmpCommandContext, type QmpCommandDefinition } from './commands';
 import { QmpFdTable, QmpMessageFds } from './fd-table';
 import { encodeQmpMessage, type QmpValue } from './json-format';
@@ -60,7 +59,7 @@ export interface QmpServerOptions {
   version?: Partial<QmpVersionInfo>;
   limits?: Partial<JsonStreamLimits>;
   maxPendingOutputBytes?: number;
-  logger?: winston.Logger;
+  logger?: Logger;
   /** Called for every command answered with an error (after it is logged). */
   onCommandError?: (info: QmpCommandErrorInfo) => void;
 }
@@ -259,7 +258,7 @@ class QmpSession {
 
 export class QmpServer {
   readonly registry: QmpCommandRegistry;
-  readonly logger: winston.Logger;
+  readonly logger: Logger;
   readonly maxPendingOutputBytes: number;
   readonly version: QmpVersionInfo;
   private readonly transport: MonitorTransport;
@@ -336,8 +335,7 @@ export class QmpServer {
     let cause: unknown;
     if (thrown instanceof QmpError) {
       error = thrown;
-      // Guarded: winston builds and pipes the entry even when the level filters it out, and
-      // a client sending garbage produces one of these per stray byte.
+      // Guarded: a client sending garbage produces one of these per stray byte.
       if (this.logger.isDebugEnabled()) {
         this.logger.debug('monitor command failed', { command, client: clientId, class: error.errorClass, desc: error.desc });
       }

@@ -10,6 +10,7 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { native } from '../native';
+import { KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { loadBootImage } from './boot/load';
@@ -38,8 +39,6 @@ const log = loggerFor('vm');
 /** QEMU's RunState names, as query-status reports them. */
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'inmigrate' | 'postmigrate' | 'shutdown' | 'internal-error' | 'finish-migrate';
 
-const KVM_PIT_SPEAKER_DUMMY = 1;
-const KVM_MEM_LOG_DIRTY_PAGES = 1;
 const COM1_PORT = 0x3f8;
 const COM1_IRQ = 4;
 const I8042_IRQ = 1;

@@ -8,15 +8,9 @@
  */
 import { BatonError } from '../../util/errors';
 
-export interface CpuidEntry {
-  function: number;
-  index: number;
-  flags: number;
-  eax: number;
-  ebx: number;
-  ecx: number;
-  edx: number;
-}
+import type { CpuidEntry } from '../../native/kvm';
+
+export type { CpuidEntry };
 
 export type CpuModelName = 'host' | 'baton-pvm';
 export const CPU_MODELS: readonly CpuModelName[] = ['host', 'baton-pvm'];

@@ -3,33 +3,35 @@
  * native addon hands these structs over as raw Buffers; boot set-up and the instruction
  * completer edit them here.
  */
+import * as K from '../../native/kvm';
 import { Struct, f, viewOf } from '../../util/struct';
 
 const GPR_NAMES = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
   'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
 export type RegName = (typeof GPR_NAMES)[number];
 
+// Offsets come from src/native/kvm.ts (checked there against the C headers' offsetof).
 export const KVM_REGS = new Struct('kvm_regs', 144,
-  Object.fromEntries(GPR_NAMES.map((n, i) => [n, f(i * 8, 'u64')])) as Record<RegName, ReturnType<typeof f>>);
+  Object.fromEntries(GPR_NAMES.map((n) => [n, f(K.KVM_REGS[n], 'u64')])) as Record<RegName, ReturnType<typeof f>>);
 
-export const KVM_SEGMENT = new Struct('kvm_segment', 24, {
-  base: f(0, 'u64'), limit: f(8, 'u32'), selector: f(12, 'u16'), type: f(14, 'u8'),
-  present: f(15, 'u8'), dpl: f(16, 'u8'), db: f(17, 'u8'), s: f(18, 'u8'), l: f(19, 'u8'),
-  g: f(20, 'u8'), avl: f(21, 'u8'), unusable: f(22, 'u8'),
+const S = K.KVM_SEGMENT;
+export const KVM_SEGMENT = new Struct('kvm_segment', S.size, {
+  base: f(S.base, 'u64'), limit: f(S.limit, 'u32'), selector: f(S.selector, 'u16'), type: f(S.type, 'u8'),
+  present: f(S.present, 'u8'), dpl: f(S.dpl, 'u8'), db: f(S.db, 'u8'), s: f(S.s, 'u8'), l: f(S.l, 'u8'),
+  g: f(S.g, 'u8'), avl: f(S.avl, 'u8'), unusable: f(S.unusable, 'u8'),
 });
 
-export const KVM_DTABLE = new Struct('kvm_dtable', 16, { base: f(0, 'u64'), limit: f(8, 'u16') });
+export const KVM_DTABLE = new Struct('kvm_dtable', K.KVM_DTABLE.size, { base: f(K.KVM_DTABLE.base, 'u64'), limit: f(K.KVM_DTABLE.limit, 'u16') });
 
-const SEGMENTS = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'] as const;
-export type SegmentName = (typeof SEGMENTS)[number];
-export const SREGS_SEGMENT_OFFSET: Record<SegmentName, number> =
-  Object.fromEntries(SEGMENTS.map((n, i) => [n, i * 24])) as Record<SegmentName, number>;
-export const SREGS_GDT_OFFSET = 192;
-export const SREGS_IDT_OFFSET = 208;
+export type SegmentName = 'cs' | 'ds' | 'es' | 'fs' | 'gs' | 'ss' | 'tr' | 'ldt';
+export const SREGS_SEGMENT_OFFSET: Record<SegmentName, number> = K.KVM_SREGS;
+export const SREGS_GDT_OFFSET = K.KVM_SREGS.gdt;
+export const SREGS_IDT_OFFSET = K.KVM_SREGS.idt;
 
+const R = K.KVM_SREGS;
 export const KVM_SREGS = new Struct('kvm_sregs', 312, {
-  cr0: f(224, 'u64'), cr2: f(232, 'u64'), cr3: f(240, 'u64'), cr4: f(248, 'u64'),
-  cr8: f(256, 'u64'), efer: f(264, 'u64'), apic_base: f(272, 'u64'),
+  cr0: f(R.cr0, 'u64'), cr2: f(R.cr2, 'u64'), cr3: f(R.cr3, 'u64'), cr4: f(R.cr4, 'u64'),
+  cr8: f(R.cr8, 'u64'), efer: f(R.efer, 'u64'), apic_base: f(R.apicBase, 'u64'),
 });
 
 export interface Segment {

@@ -352,8 +352,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     for (const chip of this.powerOnState.irqchips) native.kvmSetIrqchip(this.vmFd, chip);
     this.vcpus.forEach((v, i) => restoreVcpuState(v.fd, this.powerOnState.vcpus[i]));
     this.loadImageAndResetVcpus();
+    this.lastError = undefined;
     this.emit('event', 'RESET', { guest: reason.startsWith('guest'), reason });
+    // As QEMU: a running guest runs on; a stopped or failed one waits in prelaunch for `cont`.
     if (wasRunning) this.runVcpus();
+    else this.status = 'prelaunch';
   }
 
   /** system_powerdown: the graceful request, Ctrl-Alt-Del on the keyboard. */

@@ -150,9 +150,11 @@ maybe('monitor garbage, huge or unterminated JSON and vanishing clients leave th
 });
 
 maybe('a triple fault resets the VM like a PC, and ends it with --no-reboot', async () => {
-  const resetting = hv.start('triple', { append: 'triple-fault' });
-  const ending = hv.start('triple-noreboot', { append: 'triple-fault', extraArgs: ['--no-reboot'] });
+  // Started with -S so the clients are there before the fault (the no-reboot one exits right after).
+  const resetting = hv.start('triple', { append: 'triple-fault', extraArgs: ['-S'] });
+  const ending = hv.start('triple-noreboot', { append: 'triple-fault', extraArgs: ['-S', '--no-reboot'] });
   const [qmpResetting, qmpEnding] = await Promise.all([hv.qmp(resetting), hv.qmp(ending)]);
+  await Promise.all([qmpResetting.execute('cont'), qmpEnding.execute('cont')]);
 
   const reset = await qmpResetting.waitEvent('RESET', undefined, 10_000, { includePast: true });
   expect(reset.data).toEqual({ guest: true, reason: 'guest-reset' });
@@ -173,12 +175,12 @@ maybe('an emulation failure stops the VM in internal-error with RIP and bytes; t
   await waitForStatus(qmp, 'internal-error');
   expect(await qmp.execute('query-status')).toEqual({ status: 'internal-error', singlestep: false, running: false });
   const report = await qmp.execute<Record<string, unknown>>('x-query-internal-error');
-  expect(report).toMatchObject({ vcpu: 0, reason: 'emulation failure', suberror: 1, rip: expect.stringMatching(/^0x[0-9a-f]+$/) });
+  expect(report).toMatchObject({ vcpu: 0, reason: expect.stringMatching(/^emulation failure/), suberror: 1, rip: expect.stringMatching(/^0x[0-9a-f]+$/) });
   // pxor %xmm0, %xmm0 is 66 0f ef c0, then whatever the compiler put after it.
   expect(report.instructionBytes).toMatch(/^66 0f ef c0( [0-9a-f]{2}){12}$/);
   expect(proc.serial()).toContain('baton-testguest: executing pxor in ring 0\n');
   expect(proc.serial()).not.toContain('ring-0 instruction completed');
-  expect(proc.stderr).toContain(`emulation failure at RIP ${report.rip as string}`);
+  expect(proc.stderr).toMatch(new RegExp(`emulation failure.* at RIP ${report.rip as string} bytes`));
 
   // cont is refused as QEMU refuses it. system_reset resets, and as in QEMU a VM that was
   // not running is then in prelaunch (softmmu/runstate.c: main_loop_should_exit); cont
@@ -198,11 +200,12 @@ maybe('an emulation failure stops the VM in internal-error with RIP and bytes; t
 maybe('a ring-0 int3 is completed (the guest sees #BP) or, without completion, reported as internal-error', async () => {
   const proc = hv.start('int3', { append: 'emu-fail insn=int3' });
   const qmp = await hv.qmp(proc);
-  const serial = await proc.waitForSerial((s) => s.includes('exception 3 ') || s.includes('completed'), 'the #BP report', 5_000)
+  const serial = await proc.waitForSerial((s) => /exception 3 [^\n]*\n|completed\n/.test(s), 'the #BP report', 5_000)
     .catch(() => undefined);
   if (serial) {
     // Completed: RIP advanced past the one-byte int3 and #BP delivered to the guest's IDT.
-    expect(serial).toMatch(/baton-testguest: exception 3 error 0x0 at rip 0x[0-9a-f]+ cs 0x/);
+    expect(serial).toMatch(/baton-testguest: exception 3 error 0x0+ at rip 0x[0-9a-f]+ cs 0x0*8 /);
+    expect(serial).not.toContain('ring-0 instruction completed');
     expect(await queryStatus(qmp)).toBe('running');
   } else {
     await waitForStatus(qmp, 'internal-error');

@@ -94,9 +94,11 @@ maybe('-S starts in prelaunch until cont; a reset while paused returns to prelau
 });
 
 maybe('a guest reboot resets the VM, and ends it with --no-reboot', async () => {
-  const rebooting = hv.start('reboot', { append: 'reboot-test' });
-  const ending = hv.start('noreboot', { append: 'reboot-test', extraArgs: ['--no-reboot'] });
+  // Started with -S so the clients are there before the reboot (the no-reboot one exits right after).
+  const rebooting = hv.start('reboot', { append: 'reboot-test', extraArgs: ['-S'] });
+  const ending = hv.start('noreboot', { append: 'reboot-test', extraArgs: ['-S', '--no-reboot'] });
   const [qmpRebooting, qmpEnding] = await Promise.all([hv.qmp(rebooting), hv.qmp(ending)]);
+  await Promise.all([qmpRebooting.execute('cont'), qmpEnding.execute('cont')]);
 
   const reset = await qmpRebooting.waitEvent('RESET', undefined, 10_000, { includePast: true });
   expect(reset.data).toEqual({ guest: true, reason: 'guest-reset' });

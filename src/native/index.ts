@@ -1,15 +1,26 @@
 /**
- * The native addon, typed. Built by `npm run build:native` (scripts/setup.sh does it);
- * the path is the same from src/ (ts-jest) and dist/ (built JS): both sit one level below
- * the repository root.
+ * The native addon, typed. Built by `npm run build:native` (scripts/setup.sh does it).
+ * Found by walking up from this file to the repository root: the same from src/ (ts-jest),
+ * dist/ (built JS) and the single-file hypervisor bundle.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import type { IoNative } from './io';
 import type { KvmNative } from './kvm';
 
 export type Native = KvmNative & IoNative;
 
-const ADDON_PATH = path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'baton_native.node');
+const ADDON_RELATIVE = path.join('native', 'build', 'Release', 'baton_native.node');
+
+function addonPath(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, ADDON_RELATIVE);
+    if (fs.existsSync(candidate)) return candidate;
+    if (path.dirname(dir) === dir) return path.join(__dirname, '..', '..', ADDON_RELATIVE);
+  }
+}
+
+const ADDON_PATH = addonPath();
 
 function load(): Native {
   try {

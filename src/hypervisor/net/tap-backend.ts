@@ -7,7 +7,6 @@
  * On failure nothing is left behind: fds opened here are closed and the script's
  * counterpart is not run. fds handed in are the caller's until attachFds accepts them.
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { native } from '../../native';
 import { TAP } from '../../native/io';
@@ -237,6 +236,9 @@ function openError(c: TapNetdevConfig, ifname: string, err: NodeJS.ErrnoExceptio
 
 function runScript(c: TapNetdevConfig, option: string, script: string, ifname: string): void {
   try {
+    // Loaded here: only netdevs with a script need child_process (start-up time).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { execFileSync } = require('node:child_process') as typeof import('node:child_process');
     execFileSync(script, [ifname], { stdio: ['ignore', 'inherit', 'inherit'], timeout: SCRIPT_TIMEOUT_MS });
   } catch (err) {
     const e = err as { status?: number; code?: string; message: string };

@@ -73,9 +73,20 @@ async function sendReply(ch: UnixChannel, reply: Reply): Promise<void> {
 }
 
 async function readReply(ch: UnixChannel, waitingFor: string): Promise<Reply> {
-  const len = (await ch.read(4, `destination reply (${waitingFor})`)).readUInt32LE(0);
-  if (len > REPLY_MAX) throw new BatonError('EMIGRATE', `destination reply of ${len} bytes is implausible`);
-  return JSON.parse((await ch.read(len, `destination reply (${waitingFor})`)).toString('utf8')) as Reply;
+  let body: Buffer;
+  try {
+    const len = (await ch.read(4, `destination reply (${waitingFor})`)).readUInt32LE(0);
+    if (len > REPLY_MAX) throw new BatonError('EMIGRATE', `destination reply of ${len} bytes is implausible (is ${ch.description} a baton-hv destination?)`);
+    body = await ch.read(len, `destination reply (${waitingFor})`);
+  } catch (err) {
+    if (err instanceof BatonError && err.code === 'EMIGRATE') throw err;
+    throw new BatonError('EMIGRATE', `the destination went away before its "${waitingFor}" reply: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(body.toString('utf8')) as Reply;
+  } catch {
+    throw new BatonError('EMIGRATE', `destination reply on ${ch.description} is not valid JSON (is it a baton-hv destination?)`);
+  }
 }
 
 function parseUri(uri: string): { kind: 'file' | 'unix' | 'tcp'; target: string } {

@@ -67,7 +67,7 @@ export class DmaSpace {
       this.bytes = new Uint8Array(native.mmapShared(memFd, total, 0).buffer);
     }
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
-    this.u16 = new Uint16Array(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength >>> 1);
+    this.u16 = new Uint16Array(this.bytes.buffer, this.bytes.byteOffset, Math.floor(this.bytes.byteLength / 2));
     this.gpaStart = Float64Array.from(regions.map((r) => r.gpa));
     this.gpaEnd = Float64Array.from(regions.map((r) => r.gpa + r.size));
     this.base = Float64Array.from(regions.length === 1 ? [0] : regions.map((r) => r.fdOffset));

@@ -375,6 +375,8 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
         }
       }
       for (let i = 0; i < written; i++) tx.pushUsed(p.txHeads[i], 0);
+      // Publish per batch: the driver reclaims these buffers while we send the next ones.
+      if (written > 0) tx.publishUsed();
       completed += written;
       p.stats.txPackets += written;
       if (written < n) {
@@ -514,6 +516,8 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
       // Chains taken but not filled (frames not read, or a merged frame's spare chains) are
       // the last ones taken: give them back.
       rx.rewind(nChains - consumed);
+      // Publish per batch: the driver consumes these frames while we read the next ones.
+      if (n > 0) rx.publishUsed();
       completed += n;
       p.stats.rxPackets += n;
       if (n < nPk) break; // the TAP is empty

@@ -1,14 +1,15 @@
 /**
- * baton-hv's process: build the machine, open its console and monitor, run it, and exit
- * when the guest powers off or `quit` arrives (as QEMU does). Start-up work that does not
- * need the guest (monitor socket, console) runs while the VM is being built.
+ * baton-hv's process: build the machine, run it, open its monitor and console, and exit
+ * when the guest powers off or `quit` arrives (as QEMU does). The guest starts first: the
+ * monitor and the console socket (and the code behind them, loaded on demand) come up
+ * while it boots, since the guest needs neither.
  */
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { parseHvArgs } from './cli-args';
 import { MachineConfig } from './machine-config';
 import { Nics } from './nics';
-import { startMonitor } from './qmp-commands';
+import type { MonitorHandle } from './qmp-commands';
 import { SerialConsole } from './serial-console';
 import { Vm } from './vm';
 
@@ -35,7 +36,9 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     throw err;
   }
   const console = new SerialConsole((d) => vm.serial.input(d));
+  console.openLog(config.serial.logFile);
   vm.on('serialOutput', (bytes) => console.write(bytes));
+  let monitor: MonitorHandle | undefined;
   let quitting = false;
   const hv: Hypervisor = {
     vm,
@@ -44,34 +47,34 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     quit: async (code = 0) => {
       if (quitting) return;
       quitting = true;
-      await monitor.close();
+      await monitor?.close();
       console.close();
       nics.closeAll();
       vm.destroy();
       process.exitCode = code;
     },
   };
-  const monitor = await startMonitor(hv);
-  await console.open(config.serial);
   vm.on('event', (name, data) => {
-    monitor.emitEvent(name, data);
+    monitor?.emitEvent(name, data);
     if (name === 'SHUTDOWN' && config.onPoweroff === 'destroy') {
       // QEMU exits after a guest power-off; give the event a moment to reach clients.
       setTimeout(() => void hv.quit(0), 20);
     }
   });
   vm.startThreads();
-  if (config.incoming) {
-    vm.setStatus('inmigrate');
-    // QEMU's -incoming URI starts loading at once; 'defer' waits for migrate-incoming.
-    if (config.incoming !== 'defer') {
-      monitor.migration.migrateIn(config.incoming, !config.startPaused).catch((err: Error) => {
-        process.stderr.write(`baton-hv: load of migration failed: ${err.message}\n`);
-        void hv.quit(1);
-      });
-    }
-  } else if (!config.startPaused) {
-    vm.resume();
+  if (config.incoming) vm.setStatus('inmigrate');
+  else if (!config.startPaused) vm.resume();
+
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { startMonitor } = require('./qmp-commands') as typeof import('./qmp-commands');
+  monitor = await startMonitor(hv);
+  await console.openSocket(config.serial.socket);
+  // QEMU's -incoming URI starts loading at once; 'defer' waits for migrate-incoming.
+  if (config.incoming && config.incoming !== 'defer') {
+    monitor.migration.migrateIn(config.incoming, !config.startPaused).catch((err: Error) => {
+      process.stderr.write(`baton-hv: load of migration failed: ${err.message}\n`);
+      void hv.quit(1);
+    });
   }
   return hv;
 }

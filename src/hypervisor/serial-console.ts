@@ -16,10 +16,14 @@ export class SerialConsole {
 
   constructor(private readonly onInput: (data: Buffer) => void) {}
 
-  async open(opts: { socket?: string; logFile?: string }): Promise<void> {
-    if (opts.logFile) this.logFd = fs.openSync(opts.logFile, 'a', 0o600);
-    if (opts.socket) {
-      const path = opts.socket;
+  /** The log file first and synchronously: not a byte the guest prints may be missed. */
+  openLog(logFile?: string): void {
+    if (logFile) this.logFd = fs.openSync(logFile, 'a', 0o600);
+  }
+
+  async openSocket(socket?: string): Promise<void> {
+    if (socket) {
+      const path = socket;
       try { fs.unlinkSync(path); } catch { /* no stale socket */ }
       this.server = net.createServer((sock) => {
         this.clients.add(sock);

@@ -38,7 +38,8 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
   const console = new SerialConsole((d) => vm.serial.input(d));
   console.openLog(config.serial.logFile);
   vm.on('serialOutput', (bytes) => console.write(bytes));
-  let monitor: MonitorHandle | undefined;
+  // Set once the monitor is up (after the guest started); events before that reach no one.
+  const management: { monitor?: MonitorHandle } = {};
   let quitting = false;
   const hv: Hypervisor = {
     vm,
@@ -47,7 +48,7 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     quit: async (code = 0) => {
       if (quitting) return;
       quitting = true;
-      await monitor?.close();
+      await management.monitor?.close();
       console.close();
       nics.closeAll();
       vm.destroy();
@@ -55,7 +56,7 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     },
   };
   vm.on('event', (name, data) => {
-    monitor?.emitEvent(name, data);
+    management.monitor?.emitEvent(name, data);
     if (name === 'SHUTDOWN' && config.onPoweroff === 'destroy') {
       // QEMU exits after a guest power-off; give the event a moment to reach clients.
       setTimeout(() => void hv.quit(0), 20);
@@ -67,7 +68,8 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
 
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { startMonitor } = require('./qmp-commands') as typeof import('./qmp-commands');
-  monitor = await startMonitor(hv);
+  const monitor = await startMonitor(hv);
+  management.monitor = monitor;
   await console.openSocket(config.serial.socket);
   // QEMU's -incoming URI starts loading at once; 'defer' waits for migrate-incoming.
   if (config.incoming && config.incoming !== 'defer') {

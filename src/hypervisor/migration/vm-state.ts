@@ -55,9 +55,17 @@ export function deviceStateOwners(vm: Vm): DeviceStateOwner[] {
   ];
 }
 
+const savedMsrsByVm = new WeakMap<Vm, number[]>();
+
+/** The MSRs to save, asked of KVM once per VM (a save runs inside the migration's pause). */
 function supportedSavedMsrs(vm: Vm): number[] {
-  const listed = new Set(native.kvmGetMsrIndexList(vm.kvmFd));
-  return SAVED_MSRS.filter((m) => listed.has(m));
+  let msrs = savedMsrsByVm.get(vm);
+  if (!msrs) {
+    const listed = new Set(native.kvmGetMsrIndexList(vm.kvmFd));
+    msrs = SAVED_MSRS.filter((m) => listed.has(m));
+    savedMsrsByVm.set(vm, msrs);
+  }
+  return msrs;
 }
 
 /**

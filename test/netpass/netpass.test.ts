@@ -68,8 +68,15 @@ async function migrateNewTap(netpass: boolean): Promise<{ received: number; seri
   await a.exited;
   // The source was stopped, so the destination is too; run it and let the sink count.
   await qb.execute('cont');
-  await sleep(800);
+  // The guest counts at its own pace (its first steps after a migration are slow on an
+  // emulating host): wait for the count to reach FRAMES, or give up after a while.
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && (!netpass || sinkFrames(b.serial()) < FRAMES)) {
+    await sleep(netpass ? 100 : 1500);
+    if (!netpass) break;
+  }
   const serial = b.serial();
+  if (process.env.NETPASS_DEBUG) console.log(`A stderr: ${a.stderr}\nB stderr: ${b.stderr}`);
   await qb.execute('quit');
   qb.close();
   await b.exited;

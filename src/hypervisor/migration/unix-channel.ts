@@ -13,6 +13,7 @@ import { StreamError } from './stream-format';
 
 const READ_CHUNK = 256 * 1024;
 const MAX_FDS_PER_READ = 64;
+const COALESCE_MAX = 256 * 1024;
 
 export class UnixChannel implements ByteSink, ByteSource {
   private readonly chunks: Buffer[] = [];
@@ -127,6 +128,12 @@ export class UnixChannel implements ByteSink, ByteSource {
   }
 
   async write(chunks: Buffer[]): Promise<void> {
+    // Small pieces (a section's head, payload and checksum) go out as one message.
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    if (chunks.length > 1 && total <= COALESCE_MAX) {
+      await this.send(Buffer.concat(chunks, total), []);
+      return;
+    }
     for (const c of chunks) await this.send(c, []);
   }
 

@@ -110,30 +110,42 @@ export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions,
       }
     }
   }
+  // The device state goes out as one write (one sendmsg carrying every fd, in section order:
+  // the reader takes fds first-in first-out), so the destination wakes once, not per section.
+  const out: Buffer[] = [];
+  const fds: number[] = [];
+  const add = (name: string, version: number, payload: Buffer) => {
+    out.push(...encodeSection(name, version, payload));
+    sections++;
+  };
   const irqchips: { [k: string]: Buffer } = {};
   for (const id of KVM_IRQCHIP_IDS) irqchips[`chip${id}`] = native.kvmGetIrqchip(vm.vmFd, id);
-  await put('kvm/irqchip', 1, encodeRecord({}, irqchips));
-  await put('kvm/pit', 1, encodeRecord({}, { pit2: native.kvmGetPit2(vm.vmFd) }));
-  await put('kvm/clock', 1, encodeRecord({}, { clock: native.kvmGetClock(vm.vmFd) }));
+  add('kvm/irqchip', 1, encodeRecord({}, irqchips));
+  add('kvm/pit', 1, encodeRecord({}, { pit2: native.kvmGetPit2(vm.vmFd) }));
+  add('kvm/clock', 1, encodeRecord({}, { clock: native.kvmGetClock(vm.vmFd) }));
   const msrs = supportedSavedMsrs(vm);
   for (const vcpu of vm.vcpus) {
     const s = saveVcpuState(vcpu.fd, msrs);
-    await put(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
+    add(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
   }
   for (const dev of deviceStateOwners(vm)) {
     if (dev.fds) {
       if (!opts.withFds) continue;
-      const fds = dev.fds.send();
-      const [head, payload, crc] = encodeSection(dev.section, dev.version, encodeRecord({ fds: fds.length, state: dev.save() }));
-      if (!sink.writeWithFds) throw new StreamError('this channel cannot carry fds', dev.section);
-      await sink.writeWithFds(head, fds);
-      await sink.write([payload, crc]);
-      sections++;
+      const sent = dev.fds.send();
+      fds.push(...sent);
+      add(dev.section, dev.version, encodeRecord({ fds: sent.length, state: dev.save() }));
       continue;
     }
-    await put(dev.section, dev.version, encodeRecord(dev.save()));
+    add(dev.section, dev.version, encodeRecord(dev.save()));
   }
-  await sink.write([encodeEnd(sections)]);
+  out.push(encodeEnd(sections));
+  const bytes = Buffer.concat(out);
+  if (fds.length) {
+    if (!sink.writeWithFds) throw new StreamError('this channel cannot carry fds', 'device state');
+    await sink.writeWithFds(bytes, fds);
+  } else {
+    await sink.write([bytes]);
+  }
   return { sections, ramBytes };
 }
 

@@ -12,8 +12,7 @@
  * (`enterUserCode`). Machine code is given as bytes; `asm` names the few encodings the
  * probe needs.
  */
-import fs from 'node:fs';
-import { native } from '../native';
+import { closeQuietly, native } from '../native';
 import { KVM_MEM_LOG_DIRTY_PAGES, type CpuidEntry, type MappedMemory, type VcpuThread } from '../native/kvm';
 import { EXIT, EXIT_KICKED, KVM_RUN, KVM_EXIT_IO_OUT } from '../hypervisor/x86/kvm-run';
 import {
@@ -444,10 +443,3 @@ function codeOrDataDescriptor({ code, dpl }: { code: boolean; dpl: number }): bi
   return 0xffffn | (access << 40n) | (0xfn << 48n) | (flags << 52n);
 }
 
-function closeQuietly(fd: number): void {
-  try {
-    fs.closeSync(fd);
-  } catch {
-    // already closed: nothing to release
-  }
-}

@@ -9,13 +9,10 @@ import { loggerFor } from '../util/logger';
 import { AttachedVirtioNet, attachVirtioNet } from './devices/virtio/attach';
 import { splitNetdevString, parseNetdevTap } from './net/netdev-options';
 import { FdResolver, TapBackend, inheritedFdResolver } from './net/tap-backend';
-import { native } from '../native';
+import { closeQuietly } from '../native';
 import type { DeviceStateOwner } from './migration/vm-state';
 import { Vm } from './vm';
 
-function closeQuietly(fd: number): void {
-  try { native.close(fd); } catch { /* already closed */ }
-}
 
 const log = loggerFor('nics');
 

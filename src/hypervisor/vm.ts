@@ -9,7 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import { native } from '../native';
+import { closeQuietly, native } from '../native';
 import { KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
@@ -411,6 +411,3 @@ function safeTscKhz(vcpuFd: number): number {
   }
 }
 
-function closeQuietly(fd: number): void {
-  try { native.close(fd); } catch { /* already closed */ }
-}

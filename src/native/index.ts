@@ -32,3 +32,12 @@ function load(): Native {
 }
 
 export const native: Native = load();
+
+/** Closes an fd we own, ignoring "already closed": for clean-up paths that must not throw. */
+export function closeQuietly(fd: number): void {
+  try {
+    native.close(fd);
+  } catch {
+    // already closed, or handed to a new owner: nothing left to release
+  }
+}

@@ -10,15 +10,8 @@
  *    Handlers look them up by name and `take` them, which moves ownership to the handler
  *    (e.g. a TAP backend); `closefd` and the connection's end close the rest.
  */
-import fs from 'node:fs';
+import { closeQuietly } from '../../native';
 
-function closeQuietly(fd: number): void {
-  try {
-    fs.closeSync(fd);
-  } catch {
-    // Already closed by its new owner or never valid: nothing left to release.
-  }
-}
 
 export class QmpMessageFds {
   private pending: number[];

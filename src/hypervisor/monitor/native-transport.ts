@@ -7,7 +7,7 @@
  * the connection is open, writable too while output waits in the queue.
  */
 import fs from 'node:fs';
-import { native } from '../../native';
+import { closeQuietly, native } from '../../native';
 import type { FdWatch } from '../../native/io';
 import { BatonError } from '../../util/errors';
 import { MONITOR_SOCKET_MODE, removeStaleSocket, type MonitorConnection, type MonitorConnectionHandlers, type MonitorTransport } from './transport';
@@ -202,13 +202,6 @@ export class NativeMonitorTransport implements MonitorTransport {
   }
 }
 
-function closeQuietly(fd: number): void {
-  try {
-    native.close(fd);
-  } catch {
-    // already closed: nothing left to release
-  }
-}
 
 function setUmask(mask: number): number | undefined {
   try {

@@ -8,7 +8,7 @@
  * counterpart is not run. fds handed in are the caller's until attachFds accepts them.
  */
 import fs from 'node:fs';
-import { native } from '../../native';
+import { closeQuietly, native } from '../../native';
 import { TAP } from '../../native/io';
 import { BatonError } from '../../util/errors';
 import { loggerFor } from '../../util/logger';
@@ -247,6 +247,3 @@ function runScript(c: TapNetdevConfig, option: string, script: string, ifname: s
   }
 }
 
-function closeQuietly(fd: number): void {
-  try { native.close(fd); } catch { /* already closed */ }
-}

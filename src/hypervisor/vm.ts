@@ -10,7 +10,7 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { closeQuietly, native } from '../native';
-import { KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
+import { KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { loadBootImage } from './boot/load';
@@ -374,11 +374,6 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     if (this.hasMemory) closeQuietly(this.memFd);
   }
 
-  enableDirtyLogging(on: boolean): void {
-    this.memory.regions.forEach((r, slot) => native.kvmSetUserMemoryRegion(this.vmFd, {
-      slot, flags: on ? KVM_MEM_LOG_DIRTY_PAGES : 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: r.hostAddress,
-    }));
-  }
 }
 
 function openKvm(): number {

@@ -66,7 +66,6 @@ export function parseBzImage(img: Buffer, path: string): BzImageInfo {
 export interface BootParamsInput {
   zeroPageAddr: number;
   cmdlineAddr: number;
-  cmdlineLength: number;
   initrd?: { addr: number; size: number };
   e820: E820Entry[];
 }

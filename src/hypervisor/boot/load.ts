@@ -88,9 +88,9 @@ export function loadBootImage(mem: GuestMemory, config: MachineConfig, pciRoutes
     } catch {
       throw new BatonError('EKERNEL', `kernel ${config.kernel} (${bz.kernel.length} bytes) does not fit in guest RAM`);
     }
-    const cmdlineLength = writeCmdline(mem, config.cmdline, (bz.cmdlineSize || 255) + 1);
+    writeCmdline(mem, config.cmdline, (bz.cmdlineSize || 255) + 1);
     const rd = initrd && placeInitrd(mem, initrd, HIGH_MEM_START + bz.kernel.length, bz.initrdAddrMax || INITRD_ADDR_MAX, config.initrd as string);
-    writeBootParams(mem, bz, { zeroPageAddr: ZERO_PAGE_ADDR, cmdlineAddr: CMDLINE_ADDR, cmdlineLength, initrd: rd || undefined, e820 });
+    writeBootParams(mem, bz, { zeroPageAddr: ZERO_PAGE_ADDR, cmdlineAddr: CMDLINE_ADDR, initrd: rd || undefined, e820 });
     writeBootGdt(mem, true);
     writeIdentityPageTables(mem);
     const entry = HIGH_MEM_START + LINUX_64BIT_ENTRY_OFFSET;

@@ -17,6 +17,7 @@ import { BatonError } from '../../util/errors';
 import { loggerFor } from '../../util/logger';
 import { Vm, RunStatus } from '../vm';
 import { ByteSink, ByteSource, FileSink, FileSource } from './byte-channel';
+import { RamPrecopy } from './ram-precopy';
 import { UnixChannel } from './unix-channel';
 import { NetpassRecorder, decodeCapture, encodeCapture } from '../net/netpass';
 import { StreamError, decodeRecord, encodeEnd, encodeRecord, encodeSection } from './stream-format';
@@ -160,6 +161,7 @@ export class MigrationManager {
     let sink: ByteSink | undefined;
     const netpass = kind === 'unix' && this.parameters.netpass && this.hooks.netpass ? this.hooks.netpass : undefined;
     let recorder: NetpassRecorder | undefined;
+    let precopy: RamPrecopy | undefined;
     try {
       let sections = 0;
       if (kind === 'unix') {
@@ -175,6 +177,12 @@ export class MigrationManager {
       const setupDone = Date.now();
       this.checkCancelled();
       this.setStatus('active');
+      if (kind === 'unix' && ram === 'copy') {
+        // RAM without shared memory goes while the guest runs; only its last dirty pages pause it.
+        precopy = new RamPrecopy(this.vm, sink);
+        await precopy.live();
+        this.checkCancelled();
+      }
       const pauseStart = Date.now();
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
@@ -185,7 +193,9 @@ export class MigrationManager {
       let ramBytes: number;
       if (kind === 'unix') {
         const ch = sink as UnixChannel;
-        ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local, netpass: !!netpass }, sections)).ramBytes;
+        if (precopy) await precopy.final();
+        ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local, netpass: !!netpass, ramSent: !!precopy },
+          sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
         const r = await readReply(ch, 'done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
         destinationRunning = true;
@@ -208,6 +218,7 @@ export class MigrationManager {
       const e = err as Error;
       const cancelled = this.cancelRequested;
       log.error(`migration to ${uri} ${cancelled ? 'cancelled' : 'failed'}: ${e.message}`);
+      try { precopy?.stop(); } catch { /* the VM's memory slots stay as they were */ }
       await sink?.close().catch(() => undefined);
       this.info = cancelled ? { status: 'cancelled' } : { status: 'failed', 'error-desc': e.message };
       this.setStatus(cancelled ? 'cancelled' : 'failed');

@@ -8,13 +8,13 @@ import { native } from '../../native';
 import { Vm } from '../vm';
 import { VcpuState, restoreVcpuState, saveVcpuState } from '../vcpu';
 import { SAVED_MSRS } from '../x86/msrs';
+import { RAM_CHUNK, isZero } from './ram-precopy';
 import { ByteSink, ByteSource } from './byte-channel';
 import {
   HEADER_SIZE, MAX_SECTION_NAME, StreamError, TAG_END, TAG_SECTION, blob, checkCrc, decodeHeader, decodeRecord,
   encodeEnd, encodeHeader, encodeRecord, encodeSection,
 } from './stream-format';
 
-const RAM_CHUNK = 4 * 1024 * 1024;
 const KVM_IRQCHIP_IDS = [0, 1, 2]; // PIC master, PIC slave, IOAPIC
 /** The largest non-RAM section we accept (guards against a corrupt length field). */
 const MAX_SECTION_PAYLOAD = RAM_CHUNK + 64 * 1024;
@@ -44,6 +44,8 @@ export interface SaveOptions {
   withFds: boolean;
   /** Netpass frames follow the stream once the destination runs (see net/netpass.ts). */
   netpass?: boolean;
+  /** RAM already went out live (ram-precopy.ts): no RAM sections in the device state. */
+  ramSent?: boolean;
 }
 
 export function deviceStateOwners(vm: Vm): DeviceStateOwner[] {
@@ -99,7 +101,7 @@ export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions,
     await sink.write(encodeSection(name, version, payload));
     sections++;
   };
-  if (opts.ram === 'copy') {
+  if (opts.ram === 'copy' && !opts.ramSent) {
     for (const region of vm.memory.regions) {
       for (let off = 0; off < region.size; off += RAM_CHUNK) {
         const len = Math.min(RAM_CHUNK, region.size - off);
@@ -155,13 +157,6 @@ export async function saveVm(vm: Vm, sink: ByteSink, opts: SaveOptions): Promise
   return saveDeviceState(vm, sink, opts, n);
 }
 
-/** All zeros, compared against; as long as the largest RAM chunk. */
-const ZERO_CHUNK = Buffer.alloc(RAM_CHUNK);
-
-function isZero(bytes: Uint8Array): boolean {
-  // Buffer.equals is one memcmp; a per-word loop in JavaScript costs ~30x more, inside the pause.
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).equals(ZERO_CHUNK.subarray(0, bytes.byteLength));
-}
 
 interface Section { name: string; version: number; payload: Buffer }
 

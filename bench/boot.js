@@ -73,7 +73,8 @@ async function linuxFpu() {
     console.log(`linux: skipped (${err.message})`);
     return {};
   }
-  const cmdline = fs.readFileSync(image.cmdlineDefault, 'utf8').trim() + ' nr_cpus=1 pci=off acpi=off';
+  // Without `quiet`: the x86/fpu lines are informational messages.
+  const cmdline = fs.readFileSync(image.cmdlineDefault, 'utf8').trim().replace(/\bquiet\b/, '') + ' nr_cpus=1 pci=off acpi=off';
   const FPU = /x86\/fpu/;
   const log = path.join(tmp, 'linux-baton.log');
   const b = await runUntil(process.execPath, [path.join(REPO, 'bin/baton-hv.js'), '--kernel', image.vmlinux, '--initrd', image.initramfsUncompressed,

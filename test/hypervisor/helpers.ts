@@ -66,8 +66,9 @@ export class HvProcess {
     this.child = spawn(process.execPath, [HV_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.stdout += d));
     this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
+    // 'close', not 'exit': only then has everything the process wrote to stderr been read.
     this.exited = new Promise((resolve) => {
-      this.child.on('exit', (code, signal) => {
+      this.child.on('close', (code, signal) => {
         this.exitStatus = { code, signal };
         resolve(this.exitStatus);
       });

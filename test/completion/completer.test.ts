@@ -7,9 +7,9 @@
 import { InstructionCompleter, installInstructionCompleter } from '../../src/hypervisor/x86/insn-completer';
 import { getReg, getSreg } from '../../src/hypervisor/x86/kvm-structs';
 import { CR0, CR4, GuestEvent, LAYOUT, LongModeGuest, LongModeGuestOptions, PORT_MARK, PORT_VECTOR, SELECTOR, kvmAvailable, native } from './longModeGuest';
+import { itKvm } from '../native/realModeGuest';
 
 const haveKvm = kvmAvailable();
-const itKvm = haveKvm ? it : it.skip;
 
 const HLT = 0xf4;
 const RFLAGS_CF = 1n << 0n;

@@ -21,10 +21,8 @@ import {
   KVM_REGS,
   KvmNative,
 } from '../../src/native/kvm';
-import { ExitQueue, TinyVm, argError, createTinyVm, kvmAvailable, native, startVcpu } from './realModeGuest';
+import { ExitQueue, TinyVm, argError, createTinyVm, itKvm, native, startVcpu } from './realModeGuest';
 
-const haveKvm = kvmAvailable();
-const describeKvm = haveKvm ? describe : describe.skip;
 
 const PAGE = 4096;
 const MSR_IA32_TSC = 0x10;
@@ -44,21 +42,21 @@ function closedFd(): number {
   return fd;
 }
 
-describeKvm('KVM queries', () => {
+describe('KVM queries', () => {
   let kvmFd: number;
   beforeAll(() => {
     kvmFd = native.kvmOpen();
   });
   afterAll(() => fs.closeSync(kvmFd));
 
-  it('reports the API version, extensions and the vCPU mmap size', () => {
+  itKvm('reports the API version, extensions and the vCPU mmap size', () => {
     expect(native.kvmGetApiVersion(kvmFd)).toBe(kvm.KVM_API_VERSION);
     expect(native.kvmCheckExtension(kvmFd, KVM_CAP_IRQCHIP)).toBeGreaterThan(0);
     expect(native.kvmCheckExtension(kvmFd, KVM_CAP_NR_MEMSLOTS)).toBeGreaterThanOrEqual(32);
     expect(native.kvmGetVcpuMmapSize(kvmFd)).toBeGreaterThanOrEqual(native.structSizes.run);
   });
 
-  it('lists the supported CPUID leaves and the MSRs', () => {
+  itKvm('lists the supported CPUID leaves and the MSRs', () => {
     const cpuid = native.kvmGetSupportedCpuid(kvmFd);
     const leaf0 = cpuid.find((e) => e.function === 0);
     expect(leaf0).toBeDefined();
@@ -78,7 +76,7 @@ describeKvm('KVM queries', () => {
     expect(Array.isArray(native.kvmGetMsrFeatureIndexList(kvmFd))).toBe(true);
   });
 
-  it('exports struct sizes and constants that match src/native/kvm.ts', () => {
+  itKvm('exports struct sizes and constants that match src/native/kvm.ts', () => {
     expect(native.structSizes).toEqual({
       regs: 144,
       sregs: 312,
@@ -103,7 +101,7 @@ describeKvm('KVM queries', () => {
   });
 });
 
-describeKvm('VM and vCPU state', () => {
+describe('VM and vCPU state', () => {
   let vm: TinyVm;
   beforeAll(() => {
     vm = createTinyVm({ code: [0xf4], irqchip: true });
@@ -128,7 +126,7 @@ describeKvm('VM and vCPU state', () => {
     expect(get(vm.vcpuFd).equals(before)).toBe(true);
   });
 
-  it('xsave and xcrs round-trip when the host supports them', () => {
+  itKvm('xsave and xcrs round-trip when the host supports them', () => {
     if (native.kvmCheckExtension(vm.kvmFd, KVM_CAP_XSAVE) <= 0 || native.kvmCheckExtension(vm.kvmFd, KVM_CAP_XCRS) <= 0) {
       console.warn('skipped: this KVM lacks KVM_CAP_XSAVE/KVM_CAP_XCRS');
       return;
@@ -142,14 +140,14 @@ describeKvm('VM and vCPU state', () => {
     expect(native.kvmGetXcrs(vm.vcpuFd).equals(xcrs)).toBe(true);
   });
 
-  it('a changed register reads back', () => {
+  itKvm('a changed register reads back', () => {
     const regs = native.kvmGetRegs(vm.vcpuFd);
     regs.writeBigUInt64LE(0x1234_5678_9abc_def0n, KVM_REGS.rbx);
     native.kvmSetRegs(vm.vcpuFd, regs);
     expect(native.kvmGetRegs(vm.vcpuFd).readBigUInt64LE(KVM_REGS.rbx)).toBe(0x1234_5678_9abc_def0n);
   });
 
-  it('irqchips (both PICs and the IOAPIC), PIT and clock round-trip', () => {
+  itKvm('irqchips (both PICs and the IOAPIC), PIT and clock round-trip', () => {
     for (const chip of [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC]) {
       const state = native.kvmGetIrqchip(vm.vmFd, chip);
       expect(state.length).toBe(native.structSizes.irqchip);
@@ -167,7 +165,7 @@ describeKvm('VM and vCPU state', () => {
     expect(native.kvmGetClock(vm.vmFd).readBigUInt64LE(0)).toBeGreaterThanOrEqual(clock.readBigUInt64LE(0));
   });
 
-  it('reads and writes MSRs, sets CPUID, reads the TSC frequency, translates addresses', () => {
+  itKvm('reads and writes MSRs, sets CPUID, reads the TSC frequency, translates addresses', () => {
     const [tsc, sysenterCs] = native.kvmGetMsrs(vm.vcpuFd, [MSR_IA32_TSC, MSR_IA32_SYSENTER_CS]);
     expect(typeof tsc).toBe('bigint');
     expect(typeof sysenterCs).toBe('bigint');
@@ -189,7 +187,7 @@ describeKvm('VM and vCPU state', () => {
     });
   });
 
-  it('drives interrupts: IRQ lines, GSI routes, irqfd', () => {
+  itKvm('drives interrupts: IRQ lines, GSI routes, irqfd', () => {
     native.kvmIrqLine(vm.vmFd, 4, 1);
     native.kvmIrqLine(vm.vmFd, 4, 0);
     const routes: kvm.GsiRoute[] = [];
@@ -212,7 +210,7 @@ describeKvm('VM and vCPU state', () => {
   });
 });
 
-describeKvm('guest-driven KVM features', () => {
+describe('guest-driven KVM features', () => {
   let vm: TinyVm | undefined;
   afterEach(() => {
     vm?.close();
@@ -230,7 +228,7 @@ describeKvm('guest-driven KVM features', () => {
     }
   }
 
-  it('dirty log: a page the guest writes shows in the bitmap, then the log is clean', async () => {
+  itKvm('dirty log: a page the guest writes shows in the bitmap, then the log is clean', async () => {
     const ramBytes = 256 * PAGE;
     vm = createTinyVm({
       ramBytes,
@@ -263,7 +261,7 @@ describeKvm('guest-driven KVM features', () => {
     );
   });
 
-  it('dirty log with manual protect: bits stay until kvmClearDirtyLog', async () => {
+  itKvm('dirty log with manual protect: bits stay until kvmClearDirtyLog', async () => {
     const probe = native.kvmOpen();
     const supported = native.kvmCheckExtension(probe, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
     fs.closeSync(probe);
@@ -295,7 +293,7 @@ describeKvm('guest-driven KVM features', () => {
     expect(() => native.kvmClearDirtyLog(vm!.vmFd, 0, 0, 128, bitmap)).toThrow(argError('kvmClearDirtyLog'));
   });
 
-  it('ioeventfd: a guest port write signals the eventfd instead of exiting', async () => {
+  itKvm('ioeventfd: a guest port write signals the eventfd instead of exiting', async () => {
     vm = createTinyVm({
       code: [
         0xb0, 0x07, // mov al, 7

@@ -15,10 +15,8 @@ import {
   VcpuThread,
   vcpuRunErrno,
 } from '../../src/native/kvm';
-import { ExitQueue, argError, TinyVm, createTinyVm, kvmAvailable, native, startVcpu } from './realModeGuest';
+import { ExitQueue, argError, TinyVm, createTinyVm, itKvm, native, startVcpu } from './realModeGuest';
 
-const haveKvm = kvmAvailable();
-const itKvm = haveKvm ? it : it.skip;
 
 interface IoExit {
   direction: number;

@@ -23,7 +23,7 @@ import { PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA, PciHost } from './devices/pci';
 import { Serial8250 } from './devices/serial';
 import { GuestMemory, GuestRamRegion } from './guest-memory';
 import { GsiRouter } from './devices/virtio/gsi-router';
-import { InstructionCompleter, installInstructionCompleter } from './x86/insn-completer';
+import { InstructionCompleter } from './x86/insn-completer';
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, MiB } from './layout';
 import { PciIrqRoute, writeMptable } from './boot/mptable';
 import { MachineConfig } from './machine-config';
@@ -79,10 +79,9 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   /** Device state sections beyond the legacy devices (NICs add theirs). */
   readonly extraDeviceState: DeviceStateOwner[] = [];
   /**
-   * Called on KVM_EXIT_INTERNAL_ERROR before the VM gives up: returns true when it
-   * completed the instruction the host's emulator rejected (vCPU state updated).
+   * Asked on KVM_EXIT_INTERNAL_ERROR before the VM gives up: completes, when it can, the
+   * instruction the host's emulator rejected. Exists once guest RAM does (it decodes from it).
    */
-  instructionCompleter?: (vcpu: Vcpu) => boolean;
   completer?: InstructionCompleter;
   /** The status to record in a save taken while we pause for it. */
   statusBeforeSave?: RunStatus;
@@ -143,7 +142,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     this.memFd = memFd;
     this.memory = new GuestMemory(regions);
     // Completing instructions the host's emulator rejects needs guest memory (to decode).
-    this.completer = installInstructionCompleter(this);
+    this.completer = new InstructionCompleter(this.memory);
     this.emit('memoryAttached');
   }
 
@@ -277,7 +276,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
       this.guestPowerOff();
       return false;
     }
-    if (reason === EXIT.INTERNAL_ERROR && this.instructionCompleter?.(vcpu)) return true;
+    if (reason === EXIT.INTERNAL_ERROR && this.completer?.complete(vcpu)) return true;
     const report: InternalErrorReport = { vcpu: vcpu.id, reason: exitName(reason) };
     if (reason === EXIT.INTERNAL_ERROR) {
       Object.assign(report, this.describeInternalError(vcpu));

@@ -7,22 +7,12 @@
 import path from 'node:path';
 import { RawQmpConnection } from '../monitor/qmp-test-helpers';
 import {
-  HvTracker, READY_LINE, countLines, expectEvent, hvSkipReason, lastTick, parseTicks, queryStatus, sleep, waitForStatus,
+  countLines, expectEvent, HvTracker, lastTick, maybe, parseTicks, queryStatus, READY_LINE, sleep, waitForStatus,
 } from './helpers';
 
-const skipReason = hvSkipReason();
 const hv = new HvTracker();
 afterEach(() => hv.cleanup());
 
-function maybe(name: string, fn: () => Promise<void>, timeoutMs = 30_000): void {
-  test(name, async () => {
-    if (skipReason) {
-      console.warn(`skipped: ${skipReason}`);
-      return;
-    }
-    await fn();
-  }, timeoutMs);
-}
 
 describe('command lines baton-hv refuses', () => {
   interface Refusal { what: string; args: (dir: string) => string[]; code: number; says: RegExp }

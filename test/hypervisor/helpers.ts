@@ -283,3 +283,18 @@ export async function waitForStatus(client: QmpClient, status: string, timeoutMs
     seen = await queryStatus(client);
   }
 }
+
+/**
+ * A test that needs this host's KVM and a built test guest: where they are missing it
+ * prints why and returns, rather than being skipped silently.
+ */
+export function maybe(name: string, fn: () => Promise<void>, timeoutMs = 30_000): void {
+  test(name, async () => {
+    const skipReason = hvSkipReason();
+    if (skipReason) {
+      console.warn(`skipped: ${skipReason}`);
+      return;
+    }
+    await fn();
+  }, timeoutMs);
+}

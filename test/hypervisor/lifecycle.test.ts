@@ -4,25 +4,15 @@
  * system_powerdown, quit) and guest-initiated reboot and power-off behave as QEMU's do.
  */
 import {
-  HvTracker, READY_LINE, countLines, expectEvent, hvSkipReason, lastTick, parseTicks, queryStatus, sleep,
+  countLines, expectEvent, HvTracker, lastTick, maybe, parseTicks, queryStatus, READY_LINE, sleep,
 } from './helpers';
 
-const skipReason = hvSkipReason();
 const hv = new HvTracker();
 afterEach(() => hv.cleanup());
 
 /** Long enough that a running counter at interval_ms=20 prints several ticks. */
 const QUIET_MS = 300;
 
-function maybe(name: string, fn: () => Promise<void>, timeoutMs = 30_000): void {
-  test(name, async () => {
-    if (skipReason) {
-      console.warn(`skipped: ${skipReason}`);
-      return;
-    }
-    await fn();
-  }, timeoutMs);
-}
 
 describe.each([1, 2])('test guest with %i vCPU(s)', (vcpus) => {
   maybe('boots to ready, counts, pauses and resumes, resets, and powers off on request', async () => {

@@ -8,25 +8,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { QmpClient } from '../../src/hypervisor/monitor';
 import {
-  HvProcess, HvTracker, READY_LINE, Tick, countLines, expectEvent, hvSkipReason, lastTick, parseTicks, queryStatus, sleep, waitForStatus,
+  countLines, expectEvent, HvProcess, HvTracker, lastTick, maybe, parseTicks, queryStatus, READY_LINE, sleep, Tick, waitForStatus,
 } from './helpers';
 
-const skipReason = hvSkipReason();
 const hv = new HvTracker();
 afterEach(() => hv.cleanup());
 
 const QUIET_MS = 300;
 const MIGRATION_TIMEOUT_MS = 15_000;
 
-function maybe(name: string, fn: () => Promise<void>, timeoutMs = 30_000): void {
-  test(name, async () => {
-    if (skipReason) {
-      console.warn(`skipped: ${skipReason}`);
-      return;
-    }
-    await fn();
-  }, timeoutMs);
-}
 
 /** Saves the VM behind `qmp` to `file` and returns the MIGRATION statuses seen, in order. */
 async function saveTo(qmp: QmpClient, file: string): Promise<string[]> {

@@ -16,21 +16,13 @@ import net from 'node:net';
 import { encodeHeader, encodeRecord, encodeSection } from '../../src/hypervisor/migration/stream-format';
 import { sleep } from '../hypervisor/helpers';
 import { netSkipReason } from '../net/net-helpers';
-import { MigrationLab, NIC, type Hv, guestArgs, tapByName } from './migration-helpers';
+import { migrationLabForSuite, NIC, type Hv, guestArgs, tapByName } from './migration-helpers';
 
 const skipReason = netSkipReason();
-const lab = new MigrationLab('mfault');
+const lab = migrationLabForSuite('mfault', skipReason);
 let source: Hv | undefined;
 let destinations = 0;
 
-beforeAll(() => {
-  if (skipReason) return;
-  lab.setUp();
-}, 60_000);
-
-afterAll(async () => {
-  await lab.cleanup();
-}, 60_000);
 
 async function runningSource(): Promise<Hv> {
   if (source && !source.run.exitStatus) {

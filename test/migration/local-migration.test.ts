@@ -11,20 +11,12 @@
  */
 import { sleep } from '../hypervisor/helpers';
 import { netSkipReason } from '../net/net-helpers';
-import { MigrationLab, echoReports, type Hv, type MigrationOutcome } from './migration-helpers';
+import { migrationLabForSuite, echoReports, type Hv, type MigrationOutcome } from './migration-helpers';
 
 const skipReason = netSkipReason();
-const lab = new MigrationLab('lmig');
+const lab = migrationLabForSuite('lmig', skipReason);
 const MIGRATIONS = 10;
 
-beforeAll(() => {
-  if (skipReason) return;
-  lab.setUp();
-}, 60_000);
-
-afterAll(async () => {
-  await lab.cleanup();
-}, 60_000);
 
 /** Ten local migrations in a row; each source is retired once its destination runs. */
 async function migrateChain(first: Hv, tagPrefix: string): Promise<{ last: Hv; outcomes: MigrationOutcome[] }> {

@@ -300,3 +300,18 @@ export function parsePing(output: string): PingResult {
 export function echoReports(serial: string): { frames: number; replies: number; dropped: number }[] {
   return [...serial.matchAll(/^echo frames (\d+) replies (\d+) dropped (\d+)$/gm)].map((m) => ({ frames: Number(m[1]), replies: Number(m[2]), dropped: Number(m[3]) }));
 }
+
+/**
+ * The lab of one test file: set up before its tests (unless they are to be skipped, as
+ * `skipReason` says) and cleaned up after them, however they ended.
+ */
+export function migrationLabForSuite(tag: string, skipReason: string | undefined): MigrationLab {
+  const lab = new MigrationLab(tag);
+  beforeAll(() => {
+    if (!skipReason) lab.setUp();
+  }, 60_000);
+  afterAll(async () => {
+    await lab.cleanup();
+  }, 60_000);
+  return lab;
+}

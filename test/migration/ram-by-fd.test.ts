@@ -8,21 +8,13 @@
  */
 import { sleep } from '../hypervisor/helpers';
 import { netSkipReason } from '../net/net-helpers';
-import { MigrationLab, echoReports, tapByName } from './migration-helpers';
+import { migrationLabForSuite, echoReports, tapByName } from './migration-helpers';
 
 const skipReason = netSkipReason();
-const lab = new MigrationLab('ramfd');
+const lab = migrationLabForSuite('ramfd', skipReason);
 const MIB = 1024 * 1024;
 const GUEST_MIB = 512;
 
-beforeAll(() => {
-  if (skipReason) return;
-  lab.setUp();
-}, 60_000);
-
-afterAll(async () => {
-  await lab.cleanup();
-}, 60_000);
 
 test('a 512 MiB guest migrates locally with zero RAM bytes transferred', async () => {
   if (skipReason) {

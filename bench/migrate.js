@@ -11,11 +11,19 @@
 //              the source quits and takes the old TAP with it.
 // Each migration runs under `ping -D -i 0.002` and a 2000/s UDP stream through the guest's
 // echo port (test/migration/seq-stream.c), both from the namespace, started just before
-// the migrate command and ended ~0.5 s after it. Guest pause from outside = the longest
-// silence between two consecutive UDP echoes (0.5 ms resolution); from the hypervisor =
-// query-migrate `downtime`; lost = pings never answered (UDP echoes missing shown beside).
+// the migrate command and ended ~0.5 s after it.
+//   pause      the guest's pause seen from outside: the longest silence between two
+//              consecutive UDP echoes (0.5 ms spacing) that begins between the migrate
+//              command and the switchover being reported done (for QEMU: after the
+//              re-plumbing and `cont`). Silences elsewhere in the window are host noise:
+//   window     the longest silence anywhere in the ~1.25 s window, for comparison with
+//   idle       the same window without a migration (baton 512M only, before each
+//              migration): what this host's scheduling does to the echo stream by itself.
+//   downtime   query-migrate `downtime` (from the hypervisor).
+//   lost       pings never answered (UDP echoes missing shown beside).
 // BENCH_MIGRATIONS (20) migrations each; medians of pauses, totals of losses; ends with one
-// JSON line.
+// JSON line. BATON_TRACE=FILE collects the hypervisors' timing milestones and each pause's
+// ends into FILE (see src/util/trace.ts).
 'use strict';
 const { execFileSync, spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -121,21 +129,33 @@ function qemuArgs(tag, memMiB, shmPath, tap, incoming) {
 
 // ---- traffic ----
 
+/** Silences shorter than this are not reported by seq-stream (the stream's spacing is 0.5 ms). */
+const GAP_REPORT_MS = 0.9;
+const wallUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
 /** ping and seq-stream for `windowMs`; resolves with both results once they ended. */
 async function startTraffic(windowMs) {
   const count = Math.ceil(windowMs / 1000 / PING_INTERVAL_S);
   // -W 1: after the last request, replies still missing get 1 s more, then count as lost (no -w:
   // on a loaded host ping's sends stretch out, and a deadline would cut off the last ones).
   const ping = startInNetns('ping', ['-q', '-c', String(count), '-i', String(PING_INTERVAL_S), '-W', '1', GUEST_IP]);
-  const udp = startInNetns(SEQ_STREAM, [GUEST_IP, '7', String(UDP_RATE), '64', String(windowMs / 1000), '1000']);
+  const udp = startInNetns('env', [`GAP_MS=${GAP_REPORT_MS}`, SEQ_STREAM, GUEST_IP, '7', String(UDP_RATE), '64', String(windowMs / 1000), '1000']);
   await waitUntil('the first UDP echo', () => udp.output().includes('firstReply'), 5000);
   return {
-    async results() {
+    /** `during`: the wall-clock µs interval in which a silence must begin to count as the pause. */
+    async results(during) {
       await Promise.all([ping.exited, udp.exited]);
       const m = /(\d+) packets transmitted, (\d+) received/.exec(ping.output());
       if (!m) throw new Error(`ping printed no summary: ${ping.output()}`);
       const stream = JSON.parse(udp.output().trim().split('\n').pop());
-      return { pingLost: Number(m[1]) - Number(m[2]), udpMissing: stream.missing, pauseMs: stream.maxGapMs };
+      const inside = during ? stream.gaps.filter((g) => g.fromUs >= during.fromUs && g.fromUs <= during.toUs) : [];
+      // No silence over the threshold during the migration: the pause was at most that.
+      const pause = inside.reduce((a, g) => (g.ms > a.ms ? g : a), { ms: GAP_REPORT_MS, fromUs: null, toUs: null });
+      if (process.env.BATON_TRACE && pause.fromUs !== null) {
+        // Lines up the pause seen from outside with the hypervisors' milestones (src/util/trace.ts).
+        fs.appendFileSync(process.env.BATON_TRACE, `${pause.fromUs} bench last echo before the pause\n${pause.toUs} bench first echo after it\n`);
+      }
+      return { pingLost: Number(m[1]) - Number(m[2]), udpMissing: stream.missing, pauseMs: pause.ms, windowMs: stream.maxGapMs };
     },
   };
 }
@@ -145,15 +165,22 @@ async function measured(migrate) {
   const traffic = await startTraffic(LEAD_MS + 600 + TRAIL_MS);
   await sleep(LEAD_MS);
   const t0 = Date.now();
+  const fromUs = wallUs();
   const hv = await migrate();
+  const toUs = wallUs();
   const wallMs = Date.now() - t0;
-  const t = await traffic.results();
+  const t = await traffic.results({ fromUs, toUs });
   return { ...t, ...hv, wallMs };
 }
 
+/** The same window with nothing happening: the echo stream's longest silence by itself. */
+async function idleWindow() {
+  const traffic = await startTraffic(LEAD_MS + 600 + TRAIL_MS);
+  return (await traffic.results()).windowMs;
+}
 // ---- Baton: a chain of local-fd migrations ----
 
-async function batonChain(label, memMiB) {
+async function batonChain(label, memMiB, withIdle = false) {
   const start = (tag, incoming) => {
     const { monitor, args, log } = batonArgs(tag, memMiB, incoming);
     const proc = startInNetns(process.execPath, args);
@@ -173,6 +200,7 @@ async function batonChain(label, memMiB) {
     await srcQmp.execute('migrate-set-parameters', { local: true });
     const uri = `unix:${path.join(tmp, `${label}-${i}.mig`)}`;
     await dstQmp.execute('migrate-incoming', { uri });
+    const idleMs = withIdle ? await idleWindow() : undefined;
     const r = await measured(async () => {
       const ended = srcQmp.waitEvent('MIGRATION', (e) => ['completed', 'failed', 'cancelled'].includes(e.data.status), 30000);
       await srcQmp.execute('migrate', { uri });
@@ -188,8 +216,8 @@ async function batonChain(label, memMiB) {
     srcQmp.close();
     src = dst;
     srcQmp = dstQmp;
-    runs.push(r);
-    report(`${label} #${i}`, r);
+    runs.push({ ...r, idleMs });
+    report(`${label} #${i}`, runs[runs.length - 1]);
   }
   const after = ipNs('-o', 'link', 'show', TAPS[0]).split(':')[0];
   if (after !== ifindex) throw new Error(`${label}: TAP ifindex changed from ${ifindex} to ${after}`);
@@ -258,23 +286,28 @@ async function qemuChain(memMiB) {
 }
 
 function report(label, r) {
-  console.log(`${label.padEnd(12)} pause ${r.pauseMs.toFixed(1).padStart(6)} ms  downtime ${String(r.downtimeMs).padStart(4)} ms  ` +
-    `migrate→done ${String(r.wallMs).padStart(4)} ms  ping lost ${r.pingLost}  udp missing ${r.udpMissing}  ram copied ${r.ramTransferred}`);
+  console.log(`${label.padEnd(12)} pause ${r.pauseMs.toFixed(1).padStart(5)} ms  window ${r.windowMs.toFixed(1).padStart(5)} ms` +
+    (r.idleMs !== undefined ? `  idle ${r.idleMs.toFixed(1).padStart(5)} ms` : '') +
+    `  downtime ${String(r.downtimeMs).padStart(3)} ms  migrate→done ${String(r.wallMs).padStart(4)} ms  ` +
+    `ping lost ${r.pingLost}  udp missing ${r.udpMissing}  ram copied ${r.ramTransferred}`);
 }
 
 function summarize(label, runs) {
+  const idle = runs.filter((r) => r.idleMs !== undefined).map((r) => r.idleMs);
   const s = {
     pauseMs: median(runs.map((r) => r.pauseMs)),
     maxPauseMs: Math.max(...runs.map((r) => r.pauseMs)),
+    windowMs: median(runs.map((r) => r.windowMs)),
+    idleMs: idle.length ? median(idle) : null,
     downtimeMs: median(runs.map((r) => r.downtimeMs)),
     pingLost: runs.reduce((a, r) => a + r.pingLost, 0),
     udpMissing: runs.reduce((a, r) => a + r.udpMissing, 0),
   };
-  console.log(`${label.padEnd(22)} median pause ${s.pauseMs.toFixed(1)} ms (max ${s.maxPauseMs.toFixed(1)}), median downtime ${s.downtimeMs} ms, ` +
-    `pings lost ${s.pingLost}, udp echoes missing ${s.udpMissing} over ${runs.length} migrations`);
+  console.log(`${label.padEnd(22)} median pause ${s.pauseMs.toFixed(1)} ms (max ${s.maxPauseMs.toFixed(1)}), ` +
+    `longest silence in the window ${s.windowMs.toFixed(1)} ms` + (s.idleMs !== null ? ` (${s.idleMs.toFixed(1)} ms without a migration)` : '') +
+    `, median downtime ${s.downtimeMs} ms, pings lost ${s.pingLost}, udp echoes missing ${s.udpMissing} over ${runs.length} migrations`);
   return s;
 }
-
 (async () => {
   if (process.getuid() !== 0) throw new Error('bench:migrate needs root (network namespace, TAP)');
   if (!fs.existsSync(GUEST)) throw new Error(`${GUEST} is missing: run npm run setup (make -C test/guest)`);
@@ -282,7 +315,7 @@ function summarize(label, runs) {
   execFileSync('ip', ['netns', 'add', NETNS]);
   ipNs('link', 'set', 'lo', 'up');
   console.log(`bench:migrate — ${MIGRATIONS} local migrations each, test guest in echo mode, ping -i ${PING_INTERVAL_S} + ${UDP_RATE}/s UDP echo stream`);
-  const baton = summarize('baton local-fd 512M', await batonChain('baton', 512));
+  const baton = summarize('baton local-fd 512M', await batonChain('baton', 512, true));
   const qemuAvailable = spawnSync('qemu-system-x86_64', ['--version']).status === 0;
   const qemu = qemuAvailable ? summarize('qemu new-tap 512M', await qemuChain(512)) : undefined;
   if (!qemuAvailable) console.log('qemu-system-x86_64 is not installed: QEMU side skipped');
@@ -294,6 +327,7 @@ function summarize(label, runs) {
     baton_pause_ms: round(baton.pauseMs), baton_lost: baton.pingLost,
     baton_pause_ms_4g: round(baton4g.pauseMs),
     qemu_pause_ms: qemu ? round(qemu.pauseMs) : null, qemu_lost: qemu ? qemu.pingLost : null,
+    baton_window_ms: round(baton.windowMs), idle_window_ms: round(baton.idleMs), qemu_window_ms: qemu ? round(qemu.windowMs) : null,
   }));
 })().catch((err) => {
   console.error(`bench:migrate failed: ${err.stack || err.message}`);

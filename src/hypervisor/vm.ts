@@ -13,6 +13,7 @@ import { closeQuietly, native } from '../native';
 import { KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
+import { trace } from '../util/trace';
 import { loadBootImage } from './boot/load';
 import { ramRanges } from './boot/e820';
 import { AcpiPm, PM1A_BASE, PM1A_LENGTH } from './devices/acpi-pm';
@@ -239,6 +240,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   }
 
   private runVcpus(): void {
+    trace('vm: run vCPUs');
     for (const v of this.vcpus) v.resume();
     this.status = 'running';
     this.emit('running', true);
@@ -260,6 +262,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
 
   onParked(): void {
     if (!this.vcpus.every((v) => v.parked)) return;
+    trace('vm: vCPUs parked');
     const waiters = this.pauseWaiters;
     this.pauseWaiters = [];
     this.emit('running', false);

@@ -13,7 +13,9 @@
  * Results: sent, received, missing (sent, never echoed), reordered (an echo arriving after
  * one with a higher sequence), duplicate, corrupt (bad size or payload), maxGapMs (longest
  * silence between two consecutive echoes while sending: the guest's pause seen from
- * outside), maxRttMs, and gaps[] ({atS, ms}: silences over 3 ms, atS from the start).
+ * outside), maxRttMs, and gaps[] ({atS, ms, fromUs, toUs}: silences over GAP_MS (default 3)
+ * ms, atS from the start, fromUs/toUs their ends in wall-clock microseconds so a caller can
+ * tell which silence spans an event it timed, e.g. a migration).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -30,8 +32,7 @@
 
 #define MAX_DATAGRAM 1472
 #define HEADER_BYTES 16
-#define MAX_GAPS 256
-#define GAP_REPORT_S 0.003
+#define MAX_GAPS 1024
 
 static volatile sig_atomic_t stop_requested;
 
@@ -51,6 +52,13 @@ static double now_s(void)
 static void put_be64(uint8_t *p, uint64_t v)
 {
 	for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static double wall_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 static uint64_t get_be64(const uint8_t *p)
@@ -96,7 +104,8 @@ int main(int argc, char **argv)
 	uint64_t sent = 0, received = 0, reordered = 0, duplicate = 0, corrupt = 0, send_errors = 0;
 	int64_t highest = -1;
 	double start = now_s(), last_reply = 0, max_gap = 0, max_rtt = 0, stop_at = 0;
-	struct { double at, ms; } gaps[MAX_GAPS];
+	double gap_report_s = (getenv("GAP_MS") ? atof(getenv("GAP_MS")) : 3.0) / 1000.0, last_reply_wall = 0;
+	static struct { double at, ms, from, to; } gaps[MAX_GAPS];
 	int ngaps = 0;
 	int announced = 0;
 
@@ -120,7 +129,7 @@ int main(int argc, char **argv)
 		for (;;) {
 			ssize_t n = recv(fd, rx, sizeof rx, MSG_DONTWAIT);
 			if (n < 0) break;
-			double at = now_s();
+			double at = now_s(), at_wall = wall_s();
 			if ((uint32_t)n != size) { corrupt++; continue; }
 			uint64_t seq = get_be64(rx);
 			if (seq >= sent) { corrupt++; continue; }
@@ -136,9 +145,13 @@ int main(int argc, char **argv)
 			if (last_reply && !stop_at) {
 				double gap = at - last_reply;
 				if (gap > max_gap) max_gap = gap;
-				if (gap > GAP_REPORT_S && ngaps < MAX_GAPS) gaps[ngaps].at = last_reply - start, gaps[ngaps++].ms = gap * 1e3;
+				if (gap > gap_report_s && ngaps < MAX_GAPS) {
+					gaps[ngaps].at = last_reply - start, gaps[ngaps].ms = gap * 1e3;
+					gaps[ngaps].from = last_reply_wall, gaps[ngaps++].to = at_wall;
+				}
 			}
 			last_reply = at;
+			last_reply_wall = at_wall;
 			if (!announced) {
 				printf("{\"firstReply\":%llu}\n", (unsigned long long)seq);
 				fflush(stdout);
@@ -151,7 +164,9 @@ int main(int argc, char **argv)
 	       (unsigned long long)sent, (unsigned long long)received, (unsigned long long)(sent - received),
 	       (unsigned long long)reordered, (unsigned long long)duplicate, (unsigned long long)corrupt,
 	       (unsigned long long)send_errors, (stop_at ? stop_at : now_s()) - start, max_gap * 1e3, max_rtt * 1e3);
-	for (int i = 0; i < ngaps; i++) printf("%s{\"atS\":%.4f,\"ms\":%.3f}", i ? "," : "", gaps[i].at, gaps[i].ms);
+	for (int i = 0; i < ngaps; i++)
+		printf("%s{\"atS\":%.4f,\"ms\":%.3f,\"fromUs\":%.0f,\"toUs\":%.0f}", i ? "," : "", gaps[i].at, gaps[i].ms,
+		       gaps[i].from * 1e6, gaps[i].to * 1e6);
 	printf("]}\n");
 	return 0;
 }

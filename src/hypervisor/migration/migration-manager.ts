@@ -15,6 +15,7 @@
  */
 import { BatonError } from '../../util/errors';
 import { loggerFor } from '../../util/logger';
+import { trace } from '../../util/trace';
 import { Vm, RunStatus } from '../vm';
 import { ByteSink, ByteSource, FileSink, FileSource } from './byte-channel';
 import { RamPrecopy } from './ram-precopy';
@@ -165,11 +166,14 @@ export class MigrationManager {
     try {
       let sections = 0;
       if (kind === 'unix') {
+        trace('migrate-out: connect');
         const ch = UnixChannel.connect(target);
         this.channel = ch;
         sink = ch;
         sections = await saveSetup(this.vm, ch, { ram, withFds: true, netpass: !!netpass });
+        trace('migrate-out: setup sent');
         const r = await readReply(ch, 'ready');
+        trace('migrate-out: destination ready');
         if (!r.ready) throw new BatonError('EMIGRATE', `destination failed during setup: ${r.error ?? 'no ready signal'}`);
       } else {
         sink = new FileSink(target);
@@ -184,9 +188,11 @@ export class MigrationManager {
         this.checkCancelled();
       }
       const pauseStart = Date.now();
+      trace('migrate-out: pause');
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
       paused = true;
+      trace('migrate-out: paused');
       if (netpass) recorder = new NetpassRecorder(netpass.sources());
       this.checkCancelled();
       this.setStatus('device');
@@ -196,7 +202,9 @@ export class MigrationManager {
         if (precopy) await precopy.final();
         ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local, netpass: !!netpass, ramSent: !!precopy },
           sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
+        trace('migrate-out: device state sent');
         const r = await readReply(ch, 'done');
+        trace('migrate-out: destination done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
         destinationRunning = true;
         if (recorder) await this.sendNetpass(ch, recorder);
@@ -314,13 +322,16 @@ export class MigrationManager {
         onSetupDone: async () => {
           this.setStatus('active');
           if (channel) await sendReply(channel, { ready: true });
+          trace('migrate-in: ready sent');
         },
       });
       const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;
       if (waitNetpass) this.hooks.netpass?.hold(true);
+      trace('migrate-in: state loaded');
       if ((status === 'running' && autostart) || this.autostart) this.vm.resume();
       else this.vm.setStatus('paused');
       if (ch) await sendReply(ch, { done: true });
+      trace('migrate-in: done sent');
       this.info = { status: 'completed' };
       this.setStatus('completed');
       if (waitNetpass && ch) await this.receiveNetpass(ch);

@@ -5,6 +5,7 @@
  * memory, not at all (the memory fd travels instead).
  */
 import { native } from '../../native';
+import { trace } from '../../util/trace';
 import { Vm } from '../vm';
 import { VcpuState, restoreVcpuState, saveVcpuState } from '../vcpu';
 import { SAVED_MSRS } from '../x86/msrs';
@@ -130,6 +131,7 @@ export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions,
     const s = saveVcpuState(vcpu.fd, msrs);
     add(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
   }
+  trace('save: vCPUs read');
   for (const dev of deviceStateOwners(vm)) {
     if (dev.fds) {
       if (!opts.withFds) continue;
@@ -142,6 +144,7 @@ export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions,
   }
   out.push(encodeEnd(sections));
   const bytes = Buffer.concat(out);
+  trace('save: device state encoded');
   if (fds.length) {
     if (!sink.writeWithFds) throw new StreamError('this channel cannot carry fds', 'device state');
     await sink.writeWithFds(bytes, fds);
@@ -240,18 +243,21 @@ export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {
       const data = blob(rec, s.name, 'data');
       try { vm.memory.write(gpa, data); } catch { throw new StreamError(`chunk at 0x${Number(gpa).toString(16)} is outside guest RAM`, s.name); }
     } else if (s.name === 'kvm/irqchip') {
+      trace('restore: device state arrived');
       for (const id of KVM_IRQCHIP_IDS) native.kvmSetIrqchip(vm.vmFd, blob(rec, s.name, `chip${id}`));
     } else if (s.name === 'kvm/pit') {
       native.kvmSetPit2(vm.vmFd, blob(rec, s.name, 'pit2'));
     } else if (s.name === 'kvm/clock') {
       native.kvmSetClock(vm.vmFd, blob(rec, s.name, 'clock'));
     } else if (s.name.startsWith('cpu/')) {
+      trace(`restore: ${s.name}`);
       const id = Number(s.name.slice(4));
       const vcpu = vm.vcpus[id];
       if (!vcpu) throw new StreamError(`no vCPU ${id} in this VM`, s.name);
       const state: VcpuState = { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs };
       try { restoreVcpuState(vcpu.fd, state); } catch (err) { throw new StreamError(`KVM refused the state: ${(err as Error).message}`, s.name); }
     } else {
+      trace(`restore: ${s.name}`);
       const owner = ownerOf(s.name);
       if (!owner) throw new StreamError('unknown section (this build has no such device)', s.name);
       if (s.version > owner.version) throw new StreamError(`section version ${s.version} is newer than this build reads (${owner.version})`, s.name);

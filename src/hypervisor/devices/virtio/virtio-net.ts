@@ -14,6 +14,7 @@ import { native } from '../../../native';
 import type { FdWatch } from '../../../native/io';
 import { TAP } from '../../../native/io';
 import { loggerFor } from '../../../util/logger';
+import { trace, tracing } from '../../../util/trace';
 import type { DeviceStateOwner } from '../../migration/vm-state';
 import { TapBackend, TapBackendState } from '../../net/tap-backend';
 import type { IrqLine } from '../io-bus';
@@ -106,6 +107,9 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
   linkUp = true;
   activePairs = 1;
   private running = false;
+  /** BATON_TRACE: the first frames each way after a resume are traced (a migration's pause ends there). */
+  private traceRx = false;
+  private traceTx = false;
   private driverOk = false;
   private features: FeatureBits = { lo: 0, hi: 0 };
   private offered: FeatureBits;
@@ -254,6 +258,8 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
   setRunning(running: boolean): void {
     if (running === this.running) return;
     this.running = running;
+    this.traceRx = this.traceTx = tracing && running;
+    trace(`${this.name}: ${running ? 'running' : 'stopped'}`);
     // On the next loop turn: whoever resumed the VM (a migration's "done" reply) goes first.
     if (running) setImmediate(() => { if (this.running) this.startDataPath(); });
     else for (const p of this.pairs) { p.wantRead = p.wantWrite = false; this.updateWatch(p); }
@@ -380,6 +386,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
       if (written > 0) tx.publishUsed();
       completed += written;
       p.stats.txPackets += written;
+      if (this.traceTx && written > 0) { this.traceTx = false; trace(`${this.name}: first tx`); }
       if (written < n) {
         // The TAP is full: give the rest back and wait until it is writable.
         tx.rewind(n - written);
@@ -521,6 +528,7 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
       if (n > 0) rx.publishUsed();
       completed += n;
       p.stats.rxPackets += n;
+      if (this.traceRx && n > 0) { this.traceRx = false; trace(`${this.name}: first rx`); }
       if (n < nPk) break; // the TAP is empty
     }
     if (completed > 0) {

@@ -94,6 +94,56 @@ export async function saveSetup(vm: Vm, sink: ByteSink, opts: SaveOptions): Prom
   return sections + 1;
 }
 
+/**
+ * KVM, vCPU and device state and the end marker, as one buffer plus the fds that travel with
+ * it. A rehearsal (the VM still running) reads no vCPU and takes no fds, and is thrown away.
+ */
+function encodeDeviceState(vm: Vm, withFds: boolean, sectionsBefore: number, rehearsal = false): { bytes: Buffer; fds: number[]; count: number } {
+  const out: Buffer[] = [];
+  const fds: number[] = [];
+  let count = sectionsBefore;
+  const add = (name: string, version: number, payload: Buffer) => {
+    out.push(...encodeSection(name, version, payload));
+    count++;
+  };
+  const irqchips: { [k: string]: Buffer } = {};
+  for (const id of KVM_IRQCHIP_IDS) irqchips[`chip${id}`] = native.kvmGetIrqchip(vm.vmFd, id);
+  add('kvm/irqchip', 1, encodeRecord({}, irqchips));
+  add('kvm/pit', 1, encodeRecord({}, { pit2: native.kvmGetPit2(vm.vmFd) }));
+  add('kvm/clock', 1, encodeRecord({}, { clock: native.kvmGetClock(vm.vmFd) }));
+  const msrs = supportedSavedMsrs(vm);
+  // A running vCPU's state cannot be read (its ioctls wait for KVM_RUN to return).
+  if (!rehearsal) {
+    for (const vcpu of vm.vcpus) {
+      const s = saveVcpuState(vcpu.fd, msrs);
+      add(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
+    }
+  }
+  if (!rehearsal) trace('save: vCPUs read');
+  for (const dev of deviceStateOwners(vm)) {
+    if (dev.fds) {
+      if (!withFds) continue;
+      const sent = rehearsal ? [] : dev.fds.send();
+      fds.push(...sent);
+      add(dev.section, dev.version, encodeRecord({ fds: sent.length, state: dev.save() }));
+      continue;
+    }
+    add(dev.section, dev.version, encodeRecord(dev.save()));
+  }
+  out.push(encodeEnd(count));
+  const bytes = Buffer.concat(out);
+  if (!rehearsal) trace('save: device state encoded');
+  return { bytes, fds, count };
+}
+
+/**
+ * While the VM still runs: goes through the device-state save once and discards it, so the
+ * pause does not pay for first use (V8 compiling and warming these functions).
+ */
+export function rehearseSave(vm: Vm, withFds: boolean): void {
+  encodeDeviceState(vm, withFds, 0, true);
+}
+
 /** The rest: RAM when copied, KVM and vCPU state, devices, end marker. The VM must be paused. */
 export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions, sectionsBefore: number): Promise<{ sections: number; ramBytes: number }> {
   let sections = sectionsBefore;
@@ -115,36 +165,8 @@ export async function saveDeviceState(vm: Vm, sink: ByteSink, opts: SaveOptions,
   }
   // The device state goes out as one write (one sendmsg carrying every fd, in section order:
   // the reader takes fds first-in first-out), so the destination wakes once, not per section.
-  const out: Buffer[] = [];
-  const fds: number[] = [];
-  const add = (name: string, version: number, payload: Buffer) => {
-    out.push(...encodeSection(name, version, payload));
-    sections++;
-  };
-  const irqchips: { [k: string]: Buffer } = {};
-  for (const id of KVM_IRQCHIP_IDS) irqchips[`chip${id}`] = native.kvmGetIrqchip(vm.vmFd, id);
-  add('kvm/irqchip', 1, encodeRecord({}, irqchips));
-  add('kvm/pit', 1, encodeRecord({}, { pit2: native.kvmGetPit2(vm.vmFd) }));
-  add('kvm/clock', 1, encodeRecord({}, { clock: native.kvmGetClock(vm.vmFd) }));
-  const msrs = supportedSavedMsrs(vm);
-  for (const vcpu of vm.vcpus) {
-    const s = saveVcpuState(vcpu.fd, msrs);
-    add(`cpu/${vcpu.id}`, 1, encodeRecord({ msrs: s.msrs }, s.blobs));
-  }
-  trace('save: vCPUs read');
-  for (const dev of deviceStateOwners(vm)) {
-    if (dev.fds) {
-      if (!opts.withFds) continue;
-      const sent = dev.fds.send();
-      fds.push(...sent);
-      add(dev.section, dev.version, encodeRecord({ fds: sent.length, state: dev.save() }));
-      continue;
-    }
-    add(dev.section, dev.version, encodeRecord(dev.save()));
-  }
-  out.push(encodeEnd(sections));
-  const bytes = Buffer.concat(out);
-  trace('save: device state encoded');
+  const { bytes, fds, count } = encodeDeviceState(vm, opts.withFds, sections);
+  sections = count;
   if (fds.length) {
     if (!sink.writeWithFds) throw new StreamError('this channel cannot carry fds', 'device state');
     await sink.writeWithFds(bytes, fds);
@@ -194,6 +216,26 @@ export interface RestoreHooks {
   onSetupDone?(): Promise<void>;
 }
 
+/**
+ * Before the source pauses: put this VM's own (fresh) state back through the restore path,
+ * so the pause does not pay for first use (V8 compiling and warming these functions, KVM's
+ * first-time work on each vCPU ioctl). Devices whose state carries fds wait for theirs.
+ */
+function rehearseRestore(vm: Vm): void {
+  for (const id of KVM_IRQCHIP_IDS) native.kvmSetIrqchip(vm.vmFd, native.kvmGetIrqchip(vm.vmFd, id));
+  native.kvmSetPit2(vm.vmFd, native.kvmGetPit2(vm.vmFd));
+  native.kvmSetClock(vm.vmFd, native.kvmGetClock(vm.vmFd));
+  const msrs = supportedSavedMsrs(vm);
+  for (const vcpu of vm.vcpus) {
+    const s = saveVcpuState(vcpu.fd, msrs);
+    const rec = decodeRecord('rehearsal', encodeRecord({ msrs: s.msrs }, s.blobs));
+    restoreVcpuState(vcpu.fd, { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs });
+  }
+  for (const dev of deviceStateOwners(vm)) {
+    if (!dev.fds) dev.restore(decodeRecord(dev.section, encodeRecord(dev.save())).head);
+  }
+}
+
 export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {}): Promise<{ status: string; netpass: boolean }> {
   decodeHeader(await src.read(HEADER_SIZE, 'header'));
   // Devices may appear during the restore (NICs attach when RAM arrives): look owners up late.
@@ -232,9 +274,13 @@ export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {
         native.close(memFd);
         throw new StreamError('guest RAM is already attached; a RAM fd cannot replace it', s.name);
       }
+      trace('restore: RAM fd received');
       vm.attachMemory(memFd);
+      trace('restore: RAM attached');
     } else if (s.name === 'setup-end') {
       if (!vm.hasMemory) throw new StreamError('setup ended without guest RAM (no ram-fd section)', s.name);
+      rehearseRestore(vm);
+      trace('restore: rehearsed');
       await hooks.onSetupDone?.();
     } else if (!vm.hasMemory) {
       throw new StreamError('device state arrived before guest RAM', s.name);

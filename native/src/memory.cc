@@ -106,21 +106,8 @@ Napi::Value OpenFile(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// mmapShared(fd, size, offset = 0) -> {buffer, address}
-Napi::Value MmapShared(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* op = "mmapShared";
-  int fd;
-  uint64_t size, offset = 0;
-  if (!ArgFd(info, 0, op, &fd) || !ReadU64(env, op, "size", info[1], &size)) return env.Undefined();
-  if (!info[2].IsUndefined() && !ReadU64(env, op, "offset", info[2], &offset)) return env.Undefined();
-  if (size == 0 || size > kMaxWindowBytes)
-    return ThrowArg(env, op, "size must be in [1, 2^32] bytes (Node's ArrayBuffer limit); map larger RAM as several windows");
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  if (offset % page != 0) return ThrowArg(env, op, "offset must be a multiple of the page size");
-  void* address = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
-  if (address == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
-
+// Wraps a fresh mapping as an external ArrayBuffer and registers it: {buffer, address}.
+Napi::Value WrapMapping(Napi::Env env, const char* op, void* address, uint64_t size) {
   Mapping* m = new Mapping{address, static_cast<size_t>(size), nullptr, true};
   napi_value buffer;
   napi_status status = napi_create_external_arraybuffer(env, address, m->size, FinalizeMapping, m, &buffer);
@@ -144,7 +131,69 @@ Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// munmap(address, size): only a whole mapping made by mmapShared; its ArrayBuffer is detached
+bool CheckWindow(Napi::Env env, const char* op, uint64_t size, uint64_t offset) {
+  if (size == 0 || size > kMaxWindowBytes) {
+    ThrowArg(env, op, "size must be in [1, 2^32] bytes (Node's ArrayBuffer limit); map larger RAM as several windows");
+    return false;
+  }
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (offset % page != 0) {
+    ThrowArg(env, op, "offset must be a multiple of the page size");
+    return false;
+  }
+  return true;
+}
+
+// mmapShared(fd, size, offset = 0) -> {buffer, address}
+Napi::Value MmapShared(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "mmapShared";
+  int fd;
+  uint64_t size, offset = 0;
+  if (!ArgFd(info, 0, op, &fd) || !ReadU64(env, op, "size", info[1], &size)) return env.Undefined();
+  if (!info[2].IsUndefined() && !ReadU64(env, op, "offset", info[2], &offset)) return env.Undefined();
+  if (!CheckWindow(env, op, size, offset)) return env.Undefined();
+  void* address = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (address == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  return WrapMapping(env, op, address, size);
+}
+
+// mmapReserve(size) -> {buffer, address}: address space for RAM that arrives later
+// (mmapSharedAt), inaccessible until then. Its ArrayBuffer exists from now on, so the
+// garbage collection V8 starts on seeing GiBs of external memory happens now, not then.
+Napi::Value MmapReserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "mmapReserve";
+  uint64_t size;
+  if (!ReadU64(env, op, "size", info[0], &size) || !CheckWindow(env, op, size, 0)) return env.Undefined();
+  void* address = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (address == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  return WrapMapping(env, op, address, size);
+}
+
+// mmapSharedAt(address, fd, size, offset = 0): maps fd over a whole live mapping made by
+// mmapReserve (MAP_FIXED: the reservation is replaced in one step; its ArrayBuffer now sees
+// the fd's pages).
+Napi::Value MmapSharedAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "mmapSharedAt";
+  int fd;
+  uint64_t address, size, offset = 0;
+  if (!ReadU64(env, op, "address", info[0], &address) || !ArgFd(info, 1, op, &fd) ||
+      !ReadU64(env, op, "size", info[2], &size))
+    return env.Undefined();
+  if (!info[3].IsUndefined() && !ReadU64(env, op, "offset", info[3], &offset)) return env.Undefined();
+  if (!CheckWindow(env, op, size, offset)) return env.Undefined();
+  std::lock_guard<std::mutex> lock(gMappingsMutex);
+  auto it = gMappings.find(static_cast<uintptr_t>(address));
+  if (it == gMappings.end() || !it->second->mapped || it->second->size != size)
+    return ThrowArg(env, op, "address and size must be a whole live mapping made by mmapReserve");
+  void* at = mmap(it->second->address, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(offset));
+  if (at == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  return env.Undefined();
+}
+
+// munmap(address, size): only a whole mapping made by mmapShared or mmapReserve; its ArrayBuffer is detached
 // first (byteLength becomes 0), so stale JS views cannot fault.
 Napi::Value Munmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -156,7 +205,7 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   {
     std::lock_guard<std::mutex> lock(gMappingsMutex);
     auto it = gMappings.find(static_cast<uintptr_t>(address));
-    if (it == gMappings.end()) return ThrowArg(env, op, "address is not a live mapping made by mmapShared");
+    if (it == gMappings.end()) return ThrowArg(env, op, "address is not a live mapping made by mmapShared or mmapReserve");
     m = it->second;
     if (m->size != size) return ThrowArg(env, op, "size must be the whole mapping (" + std::to_string(m->size) + ")");
   }
@@ -186,6 +235,8 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("fstatSize", Napi::Function::New(env, FstatSize, "fstatSize"));
   exports.Set("openFile", Napi::Function::New(env, OpenFile, "openFile"));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
+  exports.Set("mmapReserve", Napi::Function::New(env, MmapReserve, "mmapReserve"));
+  exports.Set("mmapSharedAt", Napi::Function::New(env, MmapSharedAt, "mmapSharedAt"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
 }
 

@@ -10,6 +10,7 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { closeQuietly, native } from '../native';
+import type { MappedMemory } from '../native/kvm';
 import { KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
@@ -92,6 +93,8 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   /** Guest RAM's fd (-1 until attached) and its mapping. */
   memFd = -1;
   memory!: GuestMemory;
+  /** Address space and memory slots waiting for an incoming migration's RAM (see reserveMemory). */
+  private reservedRam?: MappedMemory[];
 
   private constructor(
     readonly config: MachineConfig,
@@ -121,8 +124,24 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     if (!opts.deferMemory) {
       vm.attachMemory(opts.memFd ?? createRamFd(config, config.memory.sizeMiB * MiB));
       if (opts.loadImage !== false) vm.loadImageAndResetVcpus();
+    } else {
+      vm.reserveMemory();
     }
     return vm;
+  }
+
+  /**
+   * For RAM that comes later: its address space, ArrayBuffers and KVM memory slots now,
+   * so attaching only maps the fd over them. (Creating GiB-sized ArrayBuffers makes V8
+   * collect garbage at once — milliseconds of CPU that, during a migration's set-up,
+   * would be taken from the source's still-running guest.)
+   */
+  private reserveMemory(): void {
+    this.reservedRam = ramRanges(this.config.memory.sizeMiB * MiB).map((r, slot) => {
+      const mapping = native.mmapReserve(r.size);
+      native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
+      return mapping;
+    });
   }
 
   get hasMemory(): boolean {
@@ -135,9 +154,17 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     const memBytes = this.config.memory.sizeMiB * MiB;
     const size = native.fstatSize(memFd);
     if (size < memBytes) throw new BatonError('EMEMORY', `memory fd holds ${size} bytes; the VM needs ${memBytes}`);
+    const reserved = this.reservedRam;
+    this.reservedRam = undefined;
     const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
-      const mapping = native.mmapShared(memFd, r.size, r.fdOffset);
-      native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
+      let mapping: MappedMemory;
+      if (reserved) {
+        mapping = reserved[slot];
+        native.mmapSharedAt(mapping.address, memFd, r.size, r.fdOffset);
+      } else {
+        mapping = native.mmapShared(memFd, r.size, r.fdOffset);
+        native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
+      }
       return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
     });
     this.memFd = memFd;

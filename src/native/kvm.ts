@@ -178,6 +178,10 @@ export interface KvmNative {
   fstatSize(fd: Fd): number;
   /** At most MAX_MAPPING_BYTES per mapping; offset page-aligned. */
   mmapShared(fd: Fd, size: number | bigint, offset?: number | bigint): MappedMemory;
+  /** Address space (PROT_NONE) with its ArrayBuffer, for RAM whose fd comes later: see mmapSharedAt. */
+  mmapReserve(size: number | bigint): MappedMemory;
+  /** Maps `fd` over the whole reservation at `address` (MAP_FIXED); its ArrayBuffer then sees the fd's pages. */
+  mmapSharedAt(address: bigint, fd: Fd, size: number | bigint, offset?: number | bigint): void;
   /** Only a whole mapping made by mmapShared; detaches its ArrayBuffer first. */
   munmap(address: bigint, size: number | bigint): void;
   openFile(path: string, flags: number, mode?: number): Fd;

@@ -55,6 +55,29 @@ describe('memory', () => {
     }
   });
 
+  it('a reservation gets its ArrayBuffer first and the memfd later, at the same address', () => {
+    const fd = memfd(4 * PAGE);
+    const other = native.mmapShared(fd, 4 * PAGE);
+    const reserved = native.mmapReserve(2 * PAGE);
+    try {
+      expect(reserved.buffer.byteLength).toBe(2 * PAGE);
+      expect(() => native.mmapSharedAt(reserved.address, fd, PAGE)).toThrow(argError('mmapSharedAt')); // not the whole reservation
+      expect(() => native.mmapSharedAt(reserved.address + BigInt(PAGE), fd, PAGE)).toThrow(argError('mmapSharedAt'));
+      expect(() => native.mmapSharedAt(reserved.address, fd, 2 * PAGE, 100)).toThrow(argError('mmapSharedAt'));
+      new Uint8Array(other.buffer)[PAGE + 3] = 0x5a;
+      native.mmapSharedAt(reserved.address, fd, 2 * PAGE, PAGE);
+      const view = new Uint8Array(reserved.buffer); // the buffer made before the fd existed
+      expect(view[3]).toBe(0x5a);
+      view[PAGE] = 0xa5;
+      expect(new Uint8Array(other.buffer)[2 * PAGE]).toBe(0xa5);
+    } finally {
+      native.munmap(reserved.address, 2 * PAGE);
+      native.munmap(other.address, 4 * PAGE);
+    }
+    expect(reserved.buffer.byteLength).toBe(0);
+    expect(() => native.mmapSharedAt(reserved.address, fd, 2 * PAGE)).toThrow(argError('mmapSharedAt'));
+  });
+
   it('munmap detaches the ArrayBuffer and refuses what it did not map', () => {
     const fd = memfd(2 * PAGE);
     const mapped = native.mmapShared(fd, 2 * PAGE);

@@ -260,8 +260,9 @@ export class VirtioNetDevice implements VirtioDeviceModel, DeviceStateOwner {
     this.running = running;
     this.traceRx = this.traceTx = tracing && running;
     trace(`${this.name}: ${running ? 'running' : 'stopped'}`);
-    // On the next loop turn: whoever resumed the VM (a migration's "done" reply) goes first.
-    if (running) setImmediate(() => { if (this.running) this.startDataPath(); });
+    // At once: frames that queued on the TAP while the VM was paused (a migration's
+    // switchover) are the guest's pause as its peers see it.
+    if (running) this.startDataPath();
     else for (const p of this.pairs) { p.wantRead = p.wantWrite = false; this.updateWatch(p); }
   }
 

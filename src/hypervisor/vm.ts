@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { closeQuietly, native } from '../native';
 import type { MappedMemory } from '../native/kvm';
-import { KVM_PIT_SPEAKER_DUMMY } from '../native/kvm';
+import { KVM_PIT_SPEAKER_DUMMY, MAX_MAPPING_BYTES } from '../native/kvm';
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { trace } from '../util/trace';
@@ -94,7 +94,9 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   memFd = -1;
   memory!: GuestMemory;
   /** Address space and memory slots waiting for an incoming migration's RAM (see reserveMemory). */
-  private reservedRam?: MappedMemory[];
+  private reservedRam?: { regions: MappedMemory[]; whole?: MappedMemory };
+  /** RAM on both sides of the PCI hole as one view (device DMA), mapped once. */
+  private wholeRamView?: Uint8Array;
 
   private constructor(
     readonly config: MachineConfig,
@@ -137,11 +139,28 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
    * would be taken from the source's still-running guest.)
    */
   private reserveMemory(): void {
-    this.reservedRam = ramRanges(this.config.memory.sizeMiB * MiB).map((r, slot) => {
+    const memBytes = this.config.memory.sizeMiB * MiB;
+    const ranges = ramRanges(memBytes);
+    const regions = ranges.map((r, slot) => {
       const mapping = native.mmapReserve(r.size);
       native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
       return mapping;
     });
+    const whole = ranges.length > 1 && memBytes <= MAX_MAPPING_BYTES ? native.mmapReserve(memBytes) : undefined;
+    this.reservedRam = { regions, whole };
+  }
+
+  /** All of guest RAM as one byte view in fd-offset order, for device DMA (a chain may span the PCI hole). */
+  wholeRam(): Uint8Array {
+    if (this.memory.regions.length === 1) return this.memory.regions[0].bytes;
+    if (!this.wholeRamView) {
+      const total = this.config.memory.sizeMiB * MiB;
+      if (total > MAX_MAPPING_BYTES) {
+        throw new BatonError('ENOTSUP', `virtio DMA: guests with more than 4 GiB of RAM are not supported yet (this one has ${total} bytes)`);
+      }
+      this.wholeRamView = new Uint8Array(native.mmapShared(this.memFd, total, 0).buffer);
+    }
+    return this.wholeRamView;
   }
 
   get hasMemory(): boolean {
@@ -159,7 +178,7 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
       let mapping: MappedMemory;
       if (reserved) {
-        mapping = reserved[slot];
+        mapping = reserved.regions[slot];
         native.mmapSharedAt(mapping.address, memFd, r.size, r.fdOffset);
       } else {
         mapping = native.mmapShared(memFd, r.size, r.fdOffset);
@@ -167,6 +186,10 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
       }
       return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
     });
+    if (reserved?.whole) {
+      native.mmapSharedAt(reserved.whole.address, memFd, memBytes, 0);
+      this.wholeRamView = new Uint8Array(reserved.whole.buffer);
+    }
     this.memFd = memFd;
     this.memory = new GuestMemory(regions);
     // Completing instructions the host's emulator rejects needs guest memory (to decode).

@@ -68,7 +68,7 @@ export function attachVirtioNet(vm: Vm, opts: AttachVirtioNetOptions): AttachedV
   const router = vm.gsiRouter;
   // KVM_SET_GSI_ROUTING replaces the table: install the full one (legacy routes included) once.
   if (router.commits === 0) router.commit();
-  const dma = new DmaSpace(vm.memory, vm.memFd);
+  const dma = new DmaSpace(vm.memory, vm.wholeRam());
   const device = new VirtioNetDevice(`virtio-net ${opts.id}`, {
     id: opts.id, backend: opts.backend, mac: opts.mac, mq: opts.mq, queueSize: opts.queueSize,
   }, dma, { vmFd: vm.vmFd, mmio: vm.mmio, router, intx: vm.irqLine(intxGsi), intxGsi });

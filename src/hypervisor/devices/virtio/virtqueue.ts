@@ -11,7 +11,6 @@
  * {@link IovTable}, offsets into one {@link DmaSpace} buffer, ready for readvBatch /
  * writevBatch. Nothing is allocated per packet.
  */
-import { native } from '../../../native';
 import { BatonError } from '../../../util/errors';
 import { GuestMemory, GuestMemoryError } from '../../guest-memory';
 import {
@@ -55,17 +54,10 @@ export class DmaSpace {
   private readonly gpaEnd: Float64Array;
   private readonly base: Float64Array;
 
-  constructor(memory: GuestMemory, memFd: number) {
+  /** `wholeRam`: all of guest RAM in fd-offset order (a single region's own mapping, or one more). */
+  constructor(memory: GuestMemory, wholeRam: Uint8Array) {
     const regions = memory.regions;
-    if (regions.length === 1) {
-      this.bytes = regions[0].bytes;
-    } else {
-      const total = regions.reduce((n, r) => Math.max(n, r.fdOffset + r.size), 0);
-      if (total > 2 ** 32) {
-        throw new BatonError('ENOTSUP', `virtio DMA: guests with more than 4 GiB of RAM are not supported yet (this one has ${total} bytes)`);
-      }
-      this.bytes = new Uint8Array(native.mmapShared(memFd, total, 0).buffer);
-    }
+    this.bytes = wholeRam;
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
     this.u16 = new Uint16Array(this.bytes.buffer, this.bytes.byteOffset, Math.floor(this.bytes.byteLength / 2));
     this.gpaStart = Float64Array.from(regions.map((r) => r.gpa));

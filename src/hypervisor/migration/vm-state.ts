@@ -216,6 +216,11 @@ export interface RestoreHooks {
   onSetupDone?(): Promise<void>;
 }
 
+/** A `cpu/N` record (or a rehearsal's) back as the state restoreVcpuState takes. */
+function vcpuStateOf(rec: ReturnType<typeof decodeRecord>): VcpuState {
+  return { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs };
+}
+
 /**
  * Before the source pauses: put this VM's own (fresh) state back through the restore path,
  * so the pause does not pay for first use (V8 compiling and warming these functions, KVM's
@@ -229,7 +234,7 @@ function rehearseRestore(vm: Vm): void {
   for (const vcpu of vm.vcpus) {
     const s = saveVcpuState(vcpu.fd, msrs);
     const rec = decodeRecord('rehearsal', encodeRecord({ msrs: s.msrs }, s.blobs));
-    restoreVcpuState(vcpu.fd, { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs });
+    restoreVcpuState(vcpu.fd, vcpuStateOf(rec));
   }
   for (const dev of deviceStateOwners(vm)) {
     if (!dev.fds) dev.restore(decodeRecord(dev.section, encodeRecord(dev.save())).head);
@@ -300,7 +305,7 @@ export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {
       const id = Number(s.name.slice(4));
       const vcpu = vm.vcpus[id];
       if (!vcpu) throw new StreamError(`no vCPU ${id} in this VM`, s.name);
-      const state: VcpuState = { blobs: Object.fromEntries(rec.blobs), msrs: (rec.head as { msrs: [number, string][] }).msrs };
+      const state = vcpuStateOf(rec);
       try { restoreVcpuState(vcpu.fd, state); } catch (err) { throw new StreamError(`KVM refused the state: ${(err as Error).message}`, s.name); }
     } else {
       trace(`restore: ${s.name}`);

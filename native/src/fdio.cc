@@ -373,36 +373,30 @@ bool GetRange(const Napi::CallbackInfo& info, const char* op, io::Bytes* bytes, 
   return true;
 }
 
-Napi::Value Read(const Napi::CallbackInfo& info) {
+// read/write: EINTR retried, EAGAIN -> -1, other errors thrown; `io` is the only difference.
+template <typename Io>
+Napi::Value TransferOnce(const Napi::CallbackInfo& info, const char* op, Io io) {
   Napi::Env env = info.Env();
   int fd;
   io::Bytes bytes;
   size_t off, len;
-  if (!GetFd(info, 0, "read", &fd) || !GetRange(info, "read", &bytes, &off, &len)) return env.Undefined();
+  if (!GetFd(info, 0, op, &fd) || !GetRange(info, op, &bytes, &off, &len)) return env.Undefined();
   ssize_t n;
-  do n = read(fd, bytes.data + off, len);
+  do n = io(fd, bytes.data + off, len);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, "read", errno);
+    return ThrowErrno(env, op, errno);
   }
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  return TransferOnce(info, "read", [](int fd, uint8_t* p, size_t n) { return read(fd, p, n); });
+}
+
 Napi::Value Write(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd;
-  io::Bytes bytes;
-  size_t off, len;
-  if (!GetFd(info, 0, "write", &fd) || !GetRange(info, "write", &bytes, &off, &len)) return env.Undefined();
-  ssize_t n;
-  do n = write(fd, bytes.data + off, len);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, "write", errno);
-  }
-  return Napi::Number::New(env, static_cast<double>(n));
+  return TransferOnce(info, "write", [](int fd, uint8_t* p, size_t n) { return write(fd, p, n); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -490,10 +484,33 @@ inline void FillIov(const Batch& batch, uint32_t count, size_t* pair, struct iov
   }
 }
 
-// Returns the number of packets read; lengthsOut[i] gets packet i's byte count. Stops at
-// EAGAIN, and after a 0-byte read (end of file on a stream; counted, with length 0). An
-// error on the first packet throws; an error after some packets returns those packets and
-// the error shows up again on the next call.
+// One readv or writev per packet until EAGAIN. An error on the first packet throws; an error
+// after some packets returns those packets and the error shows up again on the next call.
+// With `lengths_out` (reads), packet i's byte count goes to lengths_out[i] and a 0-byte
+// read (end of file on a stream) ends the batch, counted with length 0.
+Napi::Value TransferBatch(Napi::Env env, const char* op, const Batch& batch,
+                          ssize_t (*vec_io)(int, const struct iovec*, int), int32_t* lengths_out) {
+  struct iovec iov[kMaxIovPerPacket];
+  size_t pair = 0;
+  uint32_t done = 0;
+  while (done < batch.npackets) {
+    uint32_t count = batch.iov_counts[done];
+    FillIov(batch, count, &pair, iov);
+    ssize_t n;
+    do n = vec_io(batch.fd, iov, static_cast<int>(count));
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || done > 0) break;
+      return ThrowErrno(env, op, errno);
+    }
+    if (lengths_out != nullptr) lengths_out[done] = static_cast<int32_t>(n);
+    done++;
+    if (n == 0 && lengths_out != nullptr) break;
+  }
+  return Napi::Number::New(env, done);
+}
+
+// readvBatch(fd, buffer, iovs, iovCounts, npackets, lengthsOut) -> packets read.
 Napi::Value ReadvBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "readv";
@@ -506,51 +523,16 @@ Napi::Value ReadvBatch(const Napi::CallbackInfo& info) {
   if (lengths.ElementLength() < batch.npackets) {
     return ThrowArg(env, op, "lengthsOut must have room for npackets entries");
   }
-  int32_t* lengths_out = lengths.Data();
-
-  struct iovec iov[kMaxIovPerPacket];
-  size_t pair = 0;
-  uint32_t done = 0;
-  while (done < batch.npackets) {
-    uint32_t count = batch.iov_counts[done];
-    FillIov(batch, count, &pair, iov);
-    ssize_t n;
-    do n = readv(batch.fd, iov, static_cast<int>(count));
-    while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      if (errno == EAGAIN || done > 0) break;
-      return ThrowErrno(env, op, errno);
-    }
-    lengths_out[done++] = static_cast<int32_t>(n);
-    if (n == 0) break;
-  }
-  return Napi::Number::New(env, done);
+  return TransferBatch(env, op, batch, readv, lengths.Data());
 }
 
-// Returns the number of packets written (one writev each). Stops at EAGAIN. Errors as for
-// readvBatch: thrown only when the first packet fails.
+// writevBatch(fd, buffer, iovs, iovCounts, npackets) -> packets written.
 Napi::Value WritevBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "writev";
   Batch batch;
   if (!GetBatch(info, op, &batch)) return env.Undefined();
-
-  struct iovec iov[kMaxIovPerPacket];
-  size_t pair = 0;
-  uint32_t done = 0;
-  while (done < batch.npackets) {
-    uint32_t count = batch.iov_counts[done];
-    FillIov(batch, count, &pair, iov);
-    ssize_t n;
-    do n = writev(batch.fd, iov, static_cast<int>(count));
-    while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      if (errno == EAGAIN || done > 0) break;
-      return ThrowErrno(env, op, errno);
-    }
-    done++;
-  }
-  return Napi::Number::New(env, done);
+  return TransferBatch(env, op, batch, writev, nullptr);
 }
 
 }  // namespace

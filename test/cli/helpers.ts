@@ -15,12 +15,13 @@ function newestMtime(dir: string): number {
 }
 
 /**
- * The CLI runs from dist/ (package.json: oclif.commands = ./dist/commands). `npm test` builds
- * it in set-up; when run alone, rebuild if the domain or command sources are newer.
+ * The CLI and baton-hv run from dist/ (package.json: oclif.commands = ./dist/commands). `npm
+ * test` builds it in set-up; a test run alone rebuilds it when any TypeScript source is newer.
  */
-export function ensureBuilt(): void {
-  const built = [path.join(REPO, 'dist/commands/vm/define.js'), path.join(REPO, 'dist/domain/store.js')];
-  const sourceTime = Math.max(newestMtime(path.join(REPO, 'src/domain')), newestMtime(path.join(REPO, 'src/commands')));
+export function ensureDistBuilt(): void {
+  const built = ['dist/manager/lifecycle.js', 'dist/commands/vm/start.js', 'dist/commands/vm/define.js', 'dist/hypervisor/main.js', 'dist/domain/xml.js', 'dist/domain/store.js']
+    .map((f) => path.join(REPO, f));
+  const sourceTime = newestMtime(path.join(REPO, 'src'));
   const fresh = (): boolean => built.every((f) => fs.existsSync(f) && fs.statSync(f).mtimeMs >= sourceTime);
   if (fresh()) return;
   const run = spawnSync('npx', ['--no-install', 'tsc', '-p', 'tsconfig.build.json'], { cwd: REPO, encoding: 'utf8' });

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { writeRuntimeRecord, processStartTime } from '../../src/domain/runtime';
 import { exited, snapshotDir, tempBatonDirs, virtXmlValidate } from '../domain/helpers';
-import { baton, batonEnv, ensureBuilt, REPO } from './helpers';
+import { baton, batonEnv, ensureDistBuilt, REPO } from './helpers';
 
 /**
  * The `baton vm` commands as a user runs them: `node bin/run.js` subprocesses against dist/,
@@ -21,7 +21,7 @@ describe('baton vm (subprocess)', () => {
   const children: ChildProcess[] = [];
 
   beforeAll(() => {
-    ensureBuilt();
+    ensureDistBuilt();
     fs.mkdirSync(path.join(checkout, 'domains'), { recursive: true });
     fs.copyFileSync(path.join(REPO, 'domains/demo.xml'), demoXml);
     fs.mkdirSync(path.join(checkout, 'test/guest/build'), { recursive: true });

@@ -1,10 +1,11 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { readRuntimeRecord } from '../../src/domain/runtime';
-import { isProcessAlive } from '../../src/domain/runtime';
+import { isProcessAlive, readRuntimeRecord } from '../../src/domain/runtime';
 import { BatonPaths } from '../../src/domain/paths';
 import { baton, REPO } from '../cli/helpers';
+
+export { ensureDistBuilt } from '../cli/helpers';
 
 /**
  * Shared by the end-to-end tests: the real `baton` CLI as a subprocess over dist/, a real
@@ -27,25 +28,6 @@ export function e2eSkipReason(): string | undefined {
   if (!fs.existsSync(path.join(REPO, 'native/build/Release/baton_native.node'))) return 'end-to-end tests: the native addon is not built (npm run build:native)';
   if (!fs.existsSync(TEST_GUEST_ELF)) return 'end-to-end tests: the test guest is not built (make -C test/guest)';
   return undefined;
-}
-
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const name of fs.readdirSync(dir, { recursive: true }) as string[]) {
-    const stat = fs.statSync(path.join(dir, name));
-    if (stat.isFile()) newest = Math.max(newest, stat.mtimeMs);
-  }
-  return newest;
-}
-
-/** Rebuilds dist/ when any TypeScript source is newer than the compiled manager and commands. */
-export function ensureDistBuilt(): void {
-  const built = ['dist/manager/lifecycle.js', 'dist/commands/vm/start.js', 'dist/hypervisor/main.js', 'dist/domain/xml.js'].map((f) => path.join(REPO, f));
-  const sourceTime = newestMtime(path.join(REPO, 'src'));
-  const fresh = (): boolean => built.every((f) => fs.existsSync(f) && fs.statSync(f).mtimeMs >= sourceTime);
-  if (fresh()) return;
-  const run = spawnSync('npx', ['--no-install', 'tsc', '-p', 'tsconfig.build.json'], { cwd: REPO, encoding: 'utf8' });
-  if (!fresh()) throw new Error(`building dist/ failed:\n${run.stdout}${run.stderr}`);
 }
 
 export interface GuestDomainOptions {

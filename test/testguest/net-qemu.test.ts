@@ -8,15 +8,15 @@
  * here). `microvm` is no use: its PCIe host bridge has ECAM only, no 0xcf8/0xcfc.
  * qboot leaves the virtio BAR unassigned, so the guest's own BAR placement runs too.
  */
-import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import { QEMU, QemuRun } from './qemu-run';
 
 const GUEST_DIR = path.resolve(__dirname, '../guest');
 const GUEST_ELF = path.join(GUEST_DIR, 'build/testguest.elf');
-const QEMU = 'qemu-system-x86_64';
 const QBOOT = '/usr/share/qemu/qboot.rom';
 const BOOT_TIMEOUT_MS = fs.existsSync(QBOOT) ? 15_000 : 40_000;
 
@@ -49,69 +49,6 @@ function ip(args: string[]): void {
   execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
-/** One QEMU process (run inside the namespace, where its TAP lives) and its serial output. */
-class QemuRun {
-  readonly child: ChildProcess;
-  serial = '';
-  stderr = '';
-  exitStatus?: { code: number | null; signal: NodeJS.Signals | null };
-  readonly exited: Promise<void>;
-  private readonly waiters = new Set<() => void>();
-
-  constructor(readonly qemuArgs: string[]) {
-    // `ip netns exec` execs QEMU in place: the child's pid is QEMU's.
-    this.child = spawn('ip', inNetns(QEMU, qemuArgs), { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.setEncoding('latin1').on('data', (chunk: string) => {
-      this.serial += chunk;
-      this.waiters.forEach((check) => check());
-    });
-    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
-    this.exited = new Promise((resolve) => {
-      this.child.on('exit', (code, signal) => {
-        this.exitStatus = { code, signal };
-        this.waiters.forEach((check) => check());
-        resolve();
-      });
-    });
-  }
-
-  /** Resolves with the first match of `pattern` in the serial output; rejects on timeout or exit. */
-  waitFor(pattern: RegExp, timeoutMs: number, accept: (m: RegExpMatchArray) => boolean = () => true): Promise<RegExpMatchArray> {
-    const global = new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : pattern.flags + 'g');
-    return new Promise((resolve, reject) => {
-      const finish = (result: RegExpMatchArray | Error) => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        if (result instanceof Error) reject(result);
-        else resolve(result);
-      };
-      const failure = (why: string) =>
-        new Error(`${why} waiting for ${pattern} from QEMU (${this.qemuArgs.join(' ')}).\n` +
-          `serial so far:\n${this.serial.slice(-3000)}\nstderr:\n${this.stderr.slice(-2000)}`);
-      const check = () => {
-        const match = [...this.serial.matchAll(global)].find(accept);
-        if (match) finish(match);
-        else if (this.exitStatus) finish(failure(`QEMU exited (${JSON.stringify(this.exitStatus)})`));
-      };
-      const timer = setTimeout(() => finish(failure(`timed out after ${timeoutMs} ms`)), timeoutMs);
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  /** SIGKILL by pid, then wait: the TAP is free for the next QEMU once this resolves. */
-  async stop(): Promise<void> {
-    if (!this.exitStatus && this.child.pid !== undefined) {
-      try {
-        process.kill(this.child.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    await this.exited;
-  }
-}
-
 const runs: QemuRun[] = [];
 let tempDir: string;
 let namespaceCreated = false;
@@ -125,7 +62,7 @@ function bootGuest(append: string, extra: string[] = []): QemuRun {
     // modern only, like baton-hv's device; no option ROM: nothing here would run it
     '-device', `virtio-net-pci,netdev=n0,disable-legacy=on,romfile=,mac=${GUEST_MAC}`,
     ...extra,
-  ]);
+  ], { netns: NETNS });
   runs.push(run);
   return run;
 }

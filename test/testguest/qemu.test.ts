@@ -3,15 +3,15 @@
  * its ring-3 counter, its ring-0 wait and its power-off/reset paths against a VMM nobody
  * here wrote, before baton-hv boots the same file.
  */
-import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
+import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import { QEMU, QemuRun } from './qemu-run';
 
 const GUEST_DIR = path.resolve(__dirname, '../guest');
 const GUEST_ELF = path.join(GUEST_DIR, 'build/testguest.elf');
-const QEMU = 'qemu-system-x86_64';
 const READY_LINE = 'baton-testguest: ready\n';
 /** SeaBIOS and the PVH option ROM run at emulated ring 0 here: ~2 s; allow for load. */
 const PC_BOOT_TIMEOUT_MS = 30_000;
@@ -27,86 +27,6 @@ function reasonToSkip(): string | undefined {
   return undefined;
 }
 const skipReason = reasonToSkip();
-
-/** One QEMU process, its serial output (stdout) and its exit. */
-class QemuRun {
-  readonly child: ChildProcess;
-  readonly startedAt = process.hrtime.bigint();
-  serial = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private exitStatus?: { code: number | null; signal: NodeJS.Signals | null };
-  private readonly waiters = new Set<() => void>();
-
-  constructor(readonly args: string[]) {
-    this.child = spawn(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.setEncoding('latin1').on('data', (chunk: string) => {
-      this.serial += chunk;
-      this.waiters.forEach((check) => check());
-    });
-    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
-    this.exited = new Promise((resolve) => {
-      this.child.on('exit', (code, signal) => {
-        this.exitStatus = { code, signal };
-        this.waiters.forEach((check) => check());
-        resolve(this.exitStatus);
-      });
-    });
-  }
-
-  /** Milliseconds since spawn. */
-  elapsedMs(): number {
-    return Number(process.hrtime.bigint() - this.startedAt) / 1e6;
-  }
-
-  /** Resolves once `done(serial)` holds; rejects on timeout or exit, showing the output. */
-  waitForSerial(done: (serial: string) => boolean, what: string, timeoutMs: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const finish = (error?: Error) => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        if (error) reject(error);
-        else resolve();
-      };
-      const failure = (why: string) =>
-        new Error(`${why} waiting for ${what} from QEMU (${this.args.join(' ')}).\n` +
-          `serial so far:\n${this.serial.slice(-2000)}\nstderr:\n${this.stderr.slice(-2000)}`);
-      const check = () => {
-        if (done(this.serial)) finish();
-        else if (this.exitStatus) finish(failure(`QEMU exited (${JSON.stringify(this.exitStatus)})`));
-      };
-      const timer = setTimeout(() => finish(failure(`timed out after ${timeoutMs} ms`)), timeoutMs);
-      this.waiters.add(check);
-      check();
-    });
-  }
-
-  waitForLine(line: string, timeoutMs: number): Promise<void> {
-    return this.waitForSerial((serial) => serial.includes(line), JSON.stringify(line), timeoutMs);
-  }
-
-  async waitForExit(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`QEMU did not exit within ${timeoutMs} ms; serial:\n${this.serial.slice(-2000)}`)), timeoutMs);
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  kill(): void {
-    if (!this.exitStatus && this.child.pid !== undefined) {
-      try {
-        process.kill(this.child.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  }
-}
 
 /** A minimal QMP client: greeting, qmp_capabilities, commands in order, events kept. */
 class Qmp {

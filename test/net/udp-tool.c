@@ -60,6 +60,19 @@ static struct sockaddr_in address(const char *host, int port)
 
 /* --- echo --- */
 
+/* One recvmmsg of up to BATCH datagrams into rx[i] (one slot each, a byte spare to see oversize). */
+static int recv_batch(int fd, struct mmsghdr *msgs, struct iovec *iovs, uint8_t rx[][MAX_DATAGRAM + 1])
+{
+	for (int i = 0; i < BATCH; i++) {
+		iovs[i].iov_base = rx[i];
+		iovs[i].iov_len = MAX_DATAGRAM + 1;
+		memset(&msgs[i], 0, sizeof msgs[i]);
+		msgs[i].msg_hdr.msg_iov = &iovs[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+	}
+	return recvmmsg(fd, msgs, BATCH, MSG_DONTWAIT, 0);
+}
+
 static void echo_fill(uint8_t *p, uint32_t seq, uint32_t size)
 {
 	for (uint32_t i = 8; i < size; i++)
@@ -122,14 +135,7 @@ static int echo(int argc, char **argv)
 		for (int s = 0; s < nsockets; s++) {
 			if (!(pfds[s].revents & POLLIN)) continue;
 			for (;;) {
-				for (int i = 0; i < BATCH; i++) {
-					iovs[i].iov_base = rx[i];
-					iovs[i].iov_len = sizeof rx[i];
-					memset(&msgs[i], 0, sizeof msgs[i]);
-					msgs[i].msg_hdr.msg_iov = &iovs[i];
-					msgs[i].msg_hdr.msg_iovlen = 1;
-				}
-				int n = recvmmsg(fds[s], msgs, BATCH, MSG_DONTWAIT, 0);
+				int n = recv_batch(fds[s], msgs, iovs, rx);
 				if (n <= 0) break;
 				for (int i = 0; i < n; i++) {
 					uint8_t *p = rx[i];
@@ -187,14 +193,7 @@ static int recv_source(int argc, char **argv)
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		poll(&p, 1, 20);
 		for (;;) {
-			for (int i = 0; i < BATCH; i++) {
-				iovs[i].iov_base = rx[i];
-				iovs[i].iov_len = sizeof rx[i];
-				memset(&msgs[i], 0, sizeof msgs[i]);
-				msgs[i].msg_hdr.msg_iov = &iovs[i];
-				msgs[i].msg_hdr.msg_iovlen = 1;
-			}
-			int n = recvmmsg(fd, msgs, BATCH, MSG_DONTWAIT, 0);
+			int n = recv_batch(fd, msgs, iovs, rx);
 			if (n <= 0) break;
 			last_at = now_s();
 			if (!first_at) first_at = last_at;

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { closeQuietly, native } from '../../native';
 import type { FdWatch } from '../../native/io';
 import { BatonError } from '../../util/errors';
-import { MONITOR_SOCKET_MODE, removeStaleSocket, type MonitorConnection, type MonitorConnectionHandlers, type MonitorTransport } from './transport';
+import { MONITOR_SOCKET_MODE, removeStaleSocket, setUmask, type MonitorConnection, type MonitorConnectionHandlers, type MonitorTransport } from './transport';
 
 /** Bytes asked of one recvmsg; a QMP command is far smaller, a long stream comes in turns. */
 const RECV_CHUNK_BYTES = 64 * 1024;
@@ -199,14 +199,5 @@ export class NativeMonitorTransport implements MonitorTransport {
     closeQuietly(this.listenFd);
     this.listenFd = -1;
     if (this.path) fs.rmSync(this.path, { force: true });
-  }
-}
-
-
-function setUmask(mask: number): number | undefined {
-  try {
-    return process.umask(mask);
-  } catch {
-    return undefined; // worker threads cannot change the umask
   }
 }

@@ -163,7 +163,8 @@ export class NetMonitorTransport implements MonitorTransport {
   }
 }
 
-function setUmask(mask: number): number | undefined {
+/** Sets the umask (to create a socket file owner-only); undefined where it cannot be changed. */
+export function setUmask(mask: number): number | undefined {
   try {
     return process.umask(mask);
   } catch {

@@ -78,15 +78,8 @@ export interface NicInfo {
 export class Nics {
   readonly netdevs = new Map<string, TapBackend>();
   readonly devices = new Map<string, { opts: NicDeviceOptions; attached: AttachedVirtioNet }>();
-  /** Devices added before guest RAM exists (incoming migration): attached when it arrives. */
-  private readonly pending = new Map<string, NicDeviceOptions>();
 
-  constructor(private readonly vm: Vm) {
-    vm.on('memoryAttached', () => {
-      for (const opts of this.pending.values()) this.attach(opts);
-      this.pending.clear();
-    });
-  }
+  constructor(private readonly vm: Vm) {}
 
   addNetdev(input: string | Record<string, string | number | boolean>, resolveFd: FdResolver = inheritedFdResolver, opts: { incoming?: boolean } = {}): TapBackend {
     const config = parseNetdevTap(input);
@@ -115,13 +108,14 @@ export class Nics {
       throw new BatonError('EHOTPLUG', 'PCI hot-plug is not supported: add devices before the guest starts (-S / prelaunch)');
     }
     const opts = parseNicDevice(input);
-    if (this.devices.has(opts.id) || this.pending.has(opts.id)) throw new BatonError('EDEVICE', `Duplicate device ID '${opts.id}'`);
+    if (this.devices.has(opts.id)) throw new BatonError('EDEVICE', `Duplicate device ID '${opts.id}'`);
     if (!this.netdevs.has(opts.netdev)) throw new BatonError('EDEVICE', `Property 'virtio-net-pci.netdev' can't find value '${opts.netdev}'`);
-    if ([...this.devices.values(), ...[...this.pending.values()].map((o) => ({ opts: o }))].some((d) => d.opts.netdev === opts.netdev)) {
+    if ([...this.devices.values()].some((d) => d.opts.netdev === opts.netdev)) {
       throw new BatonError('EDEVICE', `Property 'virtio-net-pci.netdev' can't take value '${opts.netdev}', it's in use`);
     }
-    if (this.vm.hasMemory) this.attach(opts);
-    else this.pending.set(opts.id, opts);
+    // An incoming VM's RAM is reserved from the start (Vm.reserveMemory): the device is built
+    // now, not when the RAM fd arrives in the migration's set-up.
+    this.attach(opts);
   }
 
   private attach(opts: NicDeviceOptions): void {
@@ -172,10 +166,9 @@ export class Nics {
   }
 
   delDevice(id: string): void {
-    if (this.pending.delete(id)) return;
     const d = this.devices.get(id);
     if (!d) throw new BatonError('EDEVICE', `Device '${id}' not found`);
-    if (this.vm.status !== 'prelaunch') throw new BatonError('EHOTPLUG', 'PCI hot-unplug is not supported while the guest runs');
+    if (this.vm.status !== 'prelaunch' && this.vm.status !== 'inmigrate') throw new BatonError('EHOTPLUG', 'PCI hot-unplug is not supported while the guest runs');
     d.attached.detach();
     const handover = this.vm.extraDeviceState.findIndex((o) => o.section === `netdev/${d.opts.netdev}`);
     if (handover >= 0) this.vm.extraDeviceState.splice(handover, 1);

@@ -23,7 +23,7 @@ import { I8042 } from './devices/i8042';
 import { IoBus, IrqLine } from './devices/io-bus';
 import { PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA, PciHost } from './devices/pci';
 import { Serial8250 } from './devices/serial';
-import { GuestMemory, GuestRamRegion } from './guest-memory';
+import { GuestMemory } from './guest-memory';
 import { GsiRouter } from './devices/virtio/gsi-router';
 import { InstructionCompleter } from './x86/insn-completer';
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, MiB } from './layout';
@@ -50,7 +50,6 @@ export interface VmEvents {
   /** QMP-shaped lifecycle events: STOP, RESUME, SHUTDOWN, RESET, POWERDOWN. */
   event: [name: string, data: Record<string, unknown> | undefined];
   serialOutput: [bytes: Buffer];
-  memoryAttached: [];
   /** vCPUs started (true) or all parked (false): devices with a data path follow this. */
   running: [running: boolean];
 }
@@ -93,8 +92,8 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   /** Guest RAM's fd (-1 until attached) and its mapping. */
   memFd = -1;
   memory!: GuestMemory;
-  /** Address space and memory slots waiting for an incoming migration's RAM (see reserveMemory). */
-  private reservedRam?: { regions: MappedMemory[]; whole?: MappedMemory };
+  /** Guest RAM is reserved, waiting for an incoming migration's fd (see reserveMemory); `whole`: the DMA view's reservation. */
+  private reservedRam?: { whole?: MappedMemory };
   /** RAM on both sides of the PCI hole as one view (device DMA), mapped once. */
   private wholeRamView?: Uint8Array;
 
@@ -141,13 +140,14 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   private reserveMemory(): void {
     const memBytes = this.config.memory.sizeMiB * MiB;
     const ranges = ramRanges(memBytes);
-    const regions = ranges.map((r, slot) => {
+    this.memory = new GuestMemory(ranges.map((r, slot) => {
       const mapping = native.mmapReserve(r.size);
       native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
-      return mapping;
-    });
+      return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
+    }));
     const whole = ranges.length > 1 && memBytes <= MAX_MAPPING_BYTES ? native.mmapReserve(memBytes) : undefined;
-    this.reservedRam = { regions, whole };
+    if (whole) this.wholeRamView = new Uint8Array(whole.buffer);
+    this.reservedRam = { whole };
   }
 
   /** All of guest RAM as one byte view in fd-offset order, for device DMA (a chain may span the PCI hole). */
@@ -175,26 +175,20 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
     if (size < memBytes) throw new BatonError('EMEMORY', `memory fd holds ${size} bytes; the VM needs ${memBytes}`);
     const reserved = this.reservedRam;
     this.reservedRam = undefined;
-    const regions: GuestRamRegion[] = ramRanges(memBytes).map((r, slot) => {
-      let mapping: MappedMemory;
-      if (reserved) {
-        mapping = reserved.regions[slot];
-        native.mmapSharedAt(mapping.address, memFd, r.size, r.fdOffset);
-      } else {
-        mapping = native.mmapShared(memFd, r.size, r.fdOffset);
+    if (reserved) {
+      // The views (and the devices holding them) stay: only the pages behind them change.
+      for (const r of this.memory.regions) native.mmapSharedAt(r.hostAddress, memFd, r.size, r.fdOffset);
+      if (reserved.whole) native.mmapSharedAt(reserved.whole.address, memFd, memBytes, 0);
+    } else {
+      this.memory = new GuestMemory(ramRanges(memBytes).map((r, slot) => {
+        const mapping = native.mmapShared(memFd, r.size, r.fdOffset);
         native.kvmSetUserMemoryRegion(this.vmFd, { slot, flags: 0, guestPhysAddr: r.gpa, memorySize: r.size, userspaceAddr: mapping.address });
-      }
-      return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
-    });
-    if (reserved?.whole) {
-      native.mmapSharedAt(reserved.whole.address, memFd, memBytes, 0);
-      this.wholeRamView = new Uint8Array(reserved.whole.buffer);
+        return { ...r, bytes: new Uint8Array(mapping.buffer), hostAddress: mapping.address };
+      }));
     }
     this.memFd = memFd;
-    this.memory = new GuestMemory(regions);
     // Completing instructions the host's emulator rejects needs guest memory (to decode).
     this.completer = new InstructionCompleter(this.memory);
-    this.emit('memoryAttached');
   }
 
   /** Guest RAM for an incoming migration that copies it: a fresh fd of the configured backing. */

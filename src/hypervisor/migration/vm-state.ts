@@ -243,7 +243,7 @@ function rehearseRestore(vm: Vm): void {
 
 export async function restoreVm(vm: Vm, src: ByteSource, hooks: RestoreHooks = {}): Promise<{ status: string; netpass: boolean }> {
   decodeHeader(await src.read(HEADER_SIZE, 'header'));
-  // Devices may appear during the restore (NICs attach when RAM arrives): look owners up late.
+  // Owners are looked up per section (device_add may run until the migration starts).
   const ownerOf = (section: string) => deviceStateOwners(vm).find((d) => d.section === section);
   let count = 0;
   let last = 'header';

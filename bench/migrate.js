@@ -131,7 +131,8 @@ function qemuArgs(tag, memMiB, shmPath, tap, incoming) {
 
 /** Silences shorter than this are not reported by seq-stream (the stream's spacing is 0.5 ms). */
 const GAP_REPORT_MS = 0.9;
-const wallUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+/** CLOCK_MONOTONIC µs, the clock of seq-stream's gap ends and of BATON_TRACE. */
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
 
 /** ping and seq-stream for `windowMs`; resolves with both results once they ended. */
 async function startTraffic(windowMs) {
@@ -142,7 +143,7 @@ async function startTraffic(windowMs) {
   const udp = startInNetns('env', [`GAP_MS=${GAP_REPORT_MS}`, SEQ_STREAM, GUEST_IP, '7', String(UDP_RATE), '64', String(windowMs / 1000), '1000']);
   await waitUntil('the first UDP echo', () => udp.output().includes('firstReply'), 5000);
   return {
-    /** `during`: the wall-clock µs interval in which a silence must begin to count as the pause. */
+    /** `during`: the monotonic µs interval in which a silence must begin to count as the pause. */
     async results(during) {
       await Promise.all([ping.exited, udp.exited]);
       const m = /(\d+) packets transmitted, (\d+) received/.exec(ping.output());
@@ -165,9 +166,9 @@ async function measured(migrate) {
   const traffic = await startTraffic(LEAD_MS + 600 + TRAIL_MS);
   await sleep(LEAD_MS);
   const t0 = Date.now();
-  const fromUs = wallUs();
+  const fromUs = monotonicUs();
   const hv = await migrate();
-  const toUs = wallUs();
+  const toUs = monotonicUs();
   const wallMs = Date.now() - t0;
   const t = await traffic.results({ fromUs, toUs });
   return { ...t, ...hv, wallMs };

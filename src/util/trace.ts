@@ -1,10 +1,12 @@
 /**
  * Timing milestones for work measured in microseconds (a migration's pause), where a log
  * line per step would cost more than the step. Off unless BATON_TRACE names a file; then
- * each `trace(event)` records wall-clock microseconds (comparable across processes, e.g.
- * with bench:migrate's echo gaps) and the lines are appended to the file off the hot path:
+ * each `trace(event)` records CLOCK_MONOTONIC microseconds (one clock for every process on
+ * the host, e.g. both hypervisors and bench:migrate's echo gaps; Node's performance.timeOrigin
+ * is only good to a millisecond or two between processes) and the lines are appended to the
+ * file off the hot path:
  *
- *   <epoch µs> <pid> <event>
+ *   <monotonic µs> <pid> <event>
  */
 import fs from 'node:fs';
 
@@ -22,9 +24,14 @@ function flush(): void {
 
 export const tracing = file !== undefined && file !== '';
 
+/** CLOCK_MONOTONIC in microseconds (libuv's hrtime). */
+export function monotonicUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
 export function trace(event: string): void {
   if (!tracing) return;
-  const us = Math.round((performance.timeOrigin + performance.now()) * 1000);
+  const us = monotonicUs();
   pending.push(`${us} ${process.pid} ${event}\n`);
   if (!flushScheduled) {
     flushScheduled = true;
@@ -40,7 +47,7 @@ if (tracing) {
   const { PerformanceObserver } = require('node:perf_hooks') as typeof import('node:perf_hooks');
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
-      const start = Math.round((performance.timeOrigin + e.startTime) * 1000);
+      const start = Math.round(monotonicUs() - (performance.now() - e.startTime) * 1000);
       pending.push(`${start} ${process.pid} gc ${(e as unknown as { detail?: { kind?: number } }).detail?.kind ?? ''} ${e.duration.toFixed(3)} ms\n`);
     }
   }).observe({ entryTypes: ['gc'] });

@@ -14,8 +14,9 @@
  * one with a higher sequence), duplicate, corrupt (bad size or payload), maxGapMs (longest
  * silence between two consecutive echoes while sending: the guest's pause seen from
  * outside), maxRttMs, and gaps[] ({atS, ms, fromUs, toUs}: silences over GAP_MS (default 3)
- * ms, atS from the start, fromUs/toUs their ends in wall-clock microseconds so a caller can
- * tell which silence spans an event it timed, e.g. a migration).
+ * ms, atS from the start, fromUs/toUs their ends in CLOCK_MONOTONIC microseconds — the clock
+ * every process on the host shares — so a caller can tell which silence spans an event it
+ * timed, e.g. a migration).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,13 +53,6 @@ static double now_s(void)
 static void put_be64(uint8_t *p, uint64_t v)
 {
 	for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-
-static double wall_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 static uint64_t get_be64(const uint8_t *p)
@@ -104,7 +98,7 @@ int main(int argc, char **argv)
 	uint64_t sent = 0, received = 0, reordered = 0, duplicate = 0, corrupt = 0, send_errors = 0;
 	int64_t highest = -1;
 	double start = now_s(), last_reply = 0, max_gap = 0, max_rtt = 0, stop_at = 0;
-	double gap_report_s = (getenv("GAP_MS") ? atof(getenv("GAP_MS")) : 3.0) / 1000.0, last_reply_wall = 0;
+	double gap_report_s = (getenv("GAP_MS") ? atof(getenv("GAP_MS")) : 3.0) / 1000.0;
 	static struct { double at, ms, from, to; } gaps[MAX_GAPS];
 	int ngaps = 0;
 	int announced = 0;
@@ -129,7 +123,7 @@ int main(int argc, char **argv)
 		for (;;) {
 			ssize_t n = recv(fd, rx, sizeof rx, MSG_DONTWAIT);
 			if (n < 0) break;
-			double at = now_s(), at_wall = wall_s();
+			double at = now_s();
 			if ((uint32_t)n != size) { corrupt++; continue; }
 			uint64_t seq = get_be64(rx);
 			if (seq >= sent) { corrupt++; continue; }
@@ -147,11 +141,10 @@ int main(int argc, char **argv)
 				if (gap > max_gap) max_gap = gap;
 				if (gap > gap_report_s && ngaps < MAX_GAPS) {
 					gaps[ngaps].at = last_reply - start, gaps[ngaps].ms = gap * 1e3;
-					gaps[ngaps].from = last_reply_wall, gaps[ngaps++].to = at_wall;
+					gaps[ngaps].from = last_reply, gaps[ngaps++].to = at;
 				}
 			}
 			last_reply = at;
-			last_reply_wall = at_wall;
 			if (!announced) {
 				printf("{\"firstReply\":%llu}\n", (unsigned long long)seq);
 				fflush(stdout);

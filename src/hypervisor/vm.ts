@@ -284,10 +284,12 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
   }
 
   private runVcpus(): void {
-    trace('vm: run vCPUs');
-    for (const v of this.vcpus) v.resume();
+    // Devices first: a NIC moves the frames that queued while the VM was stopped into its
+    // rings before the vCPUs run (waking a vCPU thread can cost this thread its core).
     this.status = 'running';
     this.emit('running', true);
+    trace('vm: run vCPUs');
+    for (const v of this.vcpus) v.resume();
   }
 
   /** `stop`: park every vCPU; resolves once all are out of KVM_RUN. */

@@ -154,6 +154,26 @@ describe('QMP server', () => {
     }
   });
 
+  test('held events wait, keep the time they happened and their order, and go out on release', async () => {
+    const client = await negotiated(socketPath);
+    const release = server.holdEvents();
+    server.emitEvent('STOP');
+    await new Promise((r) => setTimeout(r, 30));
+    server.emitEvent('RESUME');
+    // Nothing reached the client while held: a command's answer comes first.
+    client.write('{"execute":"ping","id":"while-held"}\n');
+    expect(await client.read(1)).toEqual(['{"return": {"pong": true}, "id": "while-held"}\r\n']);
+    release();
+    release(); // idempotent
+    const events = (await client.read(2)).map((line) => JSON.parse(line));
+    expect(events.map((e) => e.event)).toEqual(['STOP', 'RESUME']);
+    const us = (e: { timestamp: { seconds: number; microseconds: number } }) => e.timestamp.seconds * 1e6 + e.timestamp.microseconds;
+    expect(us(events[1]) - us(events[0])).toBeGreaterThanOrEqual(25_000);
+    server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+    expect(JSON.parse((await client.read(1))[0]).event).toBe('SHUTDOWN');
+    client.close();
+  });
+
   test('handler failures: QmpError keeps its class, anything else becomes GenericError and is reported', async () => {
     const client = await negotiated(socketPath);
     client.write('{"execute":"explode","id":1}{"execute":"find-device","arguments":{"id":"net0"},"id":2}');

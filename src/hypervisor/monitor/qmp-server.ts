@@ -267,6 +267,7 @@ export class QmpServer {
   private readonly sessions = new Set<QmpSession>();
   private nextSessionId = 1;
   private listening = false;
+  private heldEvents?: Record<string, unknown>[];
 
   constructor(options: QmpServerOptions = {}) {
     this.registry = options.registry ?? new QmpCommandRegistry();
@@ -309,6 +310,27 @@ export class QmpServer {
       event: name,
     };
     if (data !== undefined) message.data = data;
+    if (this.heldEvents) this.heldEvents.push(message);
+    else this.sendEvent(message);
+  }
+
+  /**
+   * Until the returned function is called, events wait here (with the time they happened)
+   * instead of waking the clients: a migration's switchover on a small host must not lose
+   * its core to a client reading an event. Idempotent release; holds do not nest.
+   */
+  holdEvents(): () => void {
+    if (this.heldEvents) return () => undefined;
+    const held: Record<string, unknown>[] = [];
+    this.heldEvents = held;
+    return () => {
+      if (this.heldEvents !== held) return;
+      this.heldEvents = undefined;
+      for (const message of held) this.sendEvent(message);
+    };
+  }
+
+  private sendEvent(message: Record<string, unknown>): void {
     for (const session of this.sessions) {
       if (session.eventsEnabled) session.send(message);
     }

@@ -31,6 +31,7 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   const migration = new MigrationManager(vm, (n, d) => server.emitEvent(n, d), {
     onLocalHandoverComplete: () => hv.nics.releaseHandedOver(),
     netpass: hv.nics.netpass,
+    holdEvents: () => server.holdEvents(),
   });
   const reg = (name: string, def: Parameters<QmpServer['registerCommand']>[1]) => server.registerCommand(name, def);
 
@@ -116,10 +117,13 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
     args: { uri: 'str' },
     handler: (args) => asQmp(async () => {
       if (config.incoming !== 'defer') throw genericError("'-incoming' was not specified on the command line");
-      // Answer once the destination listens, so the caller may start the source's migrate.
+      // Answer once the destination listens, so the caller may start the source's migrate. A
+      // URI that cannot be listened on is the command's error; a failed load ends the process.
       await new Promise<void>((resolve, reject) => {
-        migration.migrateIn(args.uri as string, !config.startPaused, resolve).catch((err: Error) => {
+        let listening = false;
+        migration.migrateIn(args.uri as string, !config.startPaused, () => { listening = true; resolve(); }).catch((err: Error) => {
           reject(err);
+          if (!listening) return;
           process.stderr.write(`baton-hv: load of migration failed: ${err.message}\n`);
           setTimeout(() => void hv.quit(1), 50);
         });
@@ -136,7 +140,10 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
     server,
     migration,
     emitEvent: (n, d) => server.emitEvent(n, d),
-    close: () => server.close(),
+    close: () => {
+      migration.close();
+      return server.close();
+    },
   };
 }
 

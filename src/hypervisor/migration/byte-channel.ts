@@ -1,6 +1,7 @@
 /**
  * Where a VM state stream goes to and comes from. A file for save/restore; a UNIX socket
- * (with fds alongside) for local migration. The stream code sees only these interfaces.
+ * (with fds alongside) for local migration; a TCP socket for migration without fds. The
+ * stream code sees only these interfaces.
  */
 import fs from 'node:fs';
 import { StreamError } from './stream-format';
@@ -18,6 +19,12 @@ export interface ByteSource {
   /** Fds that arrived with the stream, oldest first. */
   takeFds?(count: number, section: string): Promise<number[]>;
   close(): Promise<void>;
+}
+
+/** A two-way migration channel (UNIX or TCP socket): the stream one way, the destination's replies the other. */
+export interface MigrationChannel extends ByteSink, ByteSource {
+  /** The URI it was made from, for errors. */
+  readonly description: string;
 }
 
 export class FileSink implements ByteSink {

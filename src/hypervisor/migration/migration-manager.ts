@@ -2,12 +2,13 @@
  * The migration state machine behind QMP's migrate / migrate-incoming / query-migrate /
  * migrate_cancel, with QEMU's status names and MIGRATION events.
  *
- * Transports: `file:` (save/restore) and `unix:` (migration to a process on this host).
+ * Transports: `file:` (save/restore), `unix:` (migration to a process on this host) and
+ * `tcp:` (no fds: RAM copied live, NICs on the destination's own TAPs — to another host).
  * With the `local` parameter on a UNIX socket, guest RAM travels as its memory fd and each
  * NIC's TAP queues as fds (SCM_RIGHTS): nothing is copied and nothing re-plumbed. Local
  * migration over a transport that cannot carry fds is refused before anything pauses.
  *
- * Over `unix:` the destination answers on the same socket (QEMU's return path):
+ * Over `unix:` and `tcp:` the destination answers on the same socket (QEMU's return path):
  *   {ready}  RAM and devices exist: the source may pause now (keeps VM building out of the pause)
  *   {done}   state loaded and the guest resumed there: the source stays stopped (postmigrate)
  *   {error}  the destination failed: the source resumes, TAPs and RAM untouched
@@ -17,12 +18,13 @@ import { BatonError } from '../../util/errors';
 import { loggerFor } from '../../util/logger';
 import { trace } from '../../util/trace';
 import { Vm, RunStatus } from '../vm';
-import { ByteSink, ByteSource, FileSink, FileSource } from './byte-channel';
+import { ByteSink, ByteSource, FileSink, FileSource, MigrationChannel } from './byte-channel';
 import { RamPrecopy } from './ram-precopy';
+import { TcpChannel, parseTcpTarget } from './tcp-channel';
 import { UnixChannel } from './unix-channel';
 import { NetpassRecorder, decodeCapture, encodeCapture } from '../net/netpass';
 import { StreamError, decodeRecord, encodeEnd, encodeRecord, encodeSection } from './stream-format';
-import { RamTransfer, readSection, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
+import { RamTransfer, readSection, rehearseSave, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
 
 const log = loggerFor('migration');
 
@@ -58,6 +60,8 @@ export interface MigrationHooks {
   /** After a completed outgoing local migration: hand the TAP queues over for good. */
   onLocalHandoverComplete?(): void;
   netpass?: NetpassNics;
+  /** Holds the monitor's events until the returned function runs: a client woken inside the switchover takes a core from it. */
+  holdEvents?(): () => void;
 }
 
 /** How long a destination waits for the netpass frames before giving up on them (never on the migration). */
@@ -67,14 +71,14 @@ interface Reply { ready?: boolean; done?: boolean; error?: string }
 
 const REPLY_MAX = 64 * 1024;
 
-async function sendReply(ch: UnixChannel, reply: Reply): Promise<void> {
+async function sendReply(ch: MigrationChannel, reply: Reply): Promise<void> {
   const json = Buffer.from(JSON.stringify(reply), 'utf8');
   const len = Buffer.alloc(4);
   len.writeUInt32LE(json.length);
   await ch.write([len, json]);
 }
 
-async function readReply(ch: UnixChannel, waitingFor: string): Promise<Reply> {
+async function readReply(ch: MigrationChannel, waitingFor: string): Promise<Reply> {
   let body: Buffer;
   try {
     const len = (await ch.read(4, `destination reply (${waitingFor})`)).readUInt32LE(0);
@@ -104,8 +108,10 @@ export class MigrationManager {
   /** `cont` during inmigrate: run once the incoming state is loaded. */
   autostart = false;
   private info: MigrationInfo = { status: 'none' };
-  private channel?: UnixChannel;
+  private channel?: MigrationChannel;
   private cancelRequested = false;
+  /** Aborts an incoming migration still waiting for its source (the hypervisor quits). */
+  private readonly closing = new AbortController();
 
   constructor(
     private readonly vm: Vm,
@@ -144,7 +150,7 @@ export class MigrationManager {
     if (this.parameters.local && kind !== 'unix') {
       throw new BatonError('EMIGRATE', `local migration passes file descriptors and needs a UNIX domain socket; ${kind}: cannot carry them (use unix:PATH)`);
     }
-    if (kind === 'tcp') throw new BatonError('EMIGRATE', 'migration over tcp: is not supported by this build yet; use unix:PATH or file:PATH');
+    if (kind === 'tcp') parseTcpTarget(parseUri(uri).target);
   }
 
   /** Outgoing migration; resolves when it ended (completed, failed or cancelled). */
@@ -160,18 +166,24 @@ export class MigrationManager {
     let paused = false;
     let destinationRunning = false;
     let sink: ByteSink | undefined;
-    const netpass = kind === 'unix' && this.parameters.netpass && this.hooks.netpass ? this.hooks.netpass : undefined;
+    const netpass = kind !== 'file' && this.parameters.netpass && this.hooks.netpass ? this.hooks.netpass : undefined;
     let recorder: NetpassRecorder | undefined;
     let precopy: RamPrecopy | undefined;
+    let releaseEvents: (() => void) | undefined;
     try {
       let sections = 0;
-      if (kind === 'unix') {
+      if (kind !== 'file') {
         trace('migrate-out: connect');
-        const ch = UnixChannel.connect(target);
+        const ch = kind === 'unix' ? UnixChannel.connect(target) : await TcpChannel.connect(target);
         this.channel = ch;
+        if (this.cancelRequested) throw new BatonError('EMIGRATE', 'migration cancelled');
         sink = ch;
         sections = await saveSetup(this.vm, ch, { ram, withFds: true, netpass: !!netpass });
         trace('migrate-out: setup sent');
+        // While the destination sets up: the device-state save, minus vCPUs and fds, so the
+        // pause runs it warm.
+        rehearseSave(this.vm, this.parameters.local);
+        trace('migrate-out: save rehearsed');
         const r = await readReply(ch, 'ready');
         trace('migrate-out: destination ready');
         if (!r.ready) throw new BatonError('EMIGRATE', `destination failed during setup: ${r.error ?? 'no ready signal'}`);
@@ -181,7 +193,7 @@ export class MigrationManager {
       const setupDone = Date.now();
       this.checkCancelled();
       this.setStatus('active');
-      if (kind === 'unix' && ram === 'copy') {
+      if (kind !== 'file' && ram === 'copy') {
         // RAM without shared memory goes while the guest runs; only its last dirty pages pause it.
         precopy = new RamPrecopy(this.vm, sink);
         await precopy.live();
@@ -189,6 +201,7 @@ export class MigrationManager {
       }
       const pauseStart = Date.now();
       trace('migrate-out: pause');
+      releaseEvents = this.hooks.holdEvents?.();
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
       paused = true;
@@ -197,12 +210,13 @@ export class MigrationManager {
       this.checkCancelled();
       this.setStatus('device');
       let ramBytes: number;
-      if (kind === 'unix') {
-        const ch = sink as UnixChannel;
+      if (kind !== 'file') {
+        const ch = sink as MigrationChannel;
         if (precopy) await precopy.final();
         ramBytes = (await saveDeviceState(this.vm, ch, { ram, withFds: this.parameters.local, netpass: !!netpass, ramSent: !!precopy },
           sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
         trace('migrate-out: device state sent');
+        releaseEvents?.();
         const r = await readReply(ch, 'done');
         trace('migrate-out: destination done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
@@ -238,13 +252,14 @@ export class MigrationManager {
       }
       throw err;
     } finally {
+      releaseEvents?.();
       this.vm.statusBeforeSave = undefined;
       this.channel = undefined;
     }
   }
 
   /** After the destination runs: the buffered frames, then an end marker. Failure costs frames, not the migration. */
-  private async sendNetpass(ch: UnixChannel, recorder: NetpassRecorder): Promise<void> {
+  private async sendNetpass(ch: MigrationChannel, recorder: NetpassRecorder): Promise<void> {
     const capture = recorder.stop();
     try {
       let n = 0;
@@ -261,7 +276,7 @@ export class MigrationManager {
   }
 
   /** Destination side of netpass: frames arrive after {done}; the NICs hold TAP reads until then. */
-  private async receiveNetpass(ch: UnixChannel): Promise<void> {
+  private async receiveNetpass(ch: MigrationChannel): Promise<void> {
     const netpass = this.hooks.netpass;
     if (!netpass) return;
     let timer: NodeJS.Timeout | undefined;
@@ -298,20 +313,30 @@ export class MigrationManager {
     void this.channel?.close();
   }
 
+  /** The hypervisor quits: stop listening for a source, drop a channel still open. */
+  close(): void {
+    this.closing.abort();
+    void this.channel?.close();
+  }
+
   /** Incoming: read a state stream into this (fresh, inmigrate) VM. */
   async migrateIn(uri: string, autostart: boolean, onListening?: () => void): Promise<void> {
     if (this.vm.status !== 'inmigrate' || this.inProgress) {
       throw new BatonError('EMIGRATE', 'The incoming migration has already been started or the VM was not started in incoming mode (-incoming defer)');
     }
     const { kind, target } = parseUri(uri);
-    if (kind === 'tcp') throw new BatonError('EMIGRATE', 'incoming migration over tcp: is not supported by this build yet; use unix:PATH or file:PATH');
+    if (kind === 'tcp') parseTcpTarget(target);
     this.info = { status: 'setup' };
     this.setStatus('setup');
     let src: ByteSource | undefined;
-    let ch: UnixChannel | undefined;
+    let ch: MigrationChannel | undefined;
+    let releaseEvents: (() => void) | undefined;
     try {
-      if (kind === 'unix') {
-        ch = await UnixChannel.acceptOne(target, onListening);
+      if (kind !== 'file') {
+        ch = kind === 'unix'
+          ? await UnixChannel.acceptOne(target, onListening, this.closing.signal)
+          : await TcpChannel.acceptOne(target, onListening, this.closing.signal);
+        this.channel = ch;
         src = ch;
       } else {
         onListening?.();
@@ -323,6 +348,7 @@ export class MigrationManager {
           this.setStatus('active');
           if (channel) await sendReply(channel, { ready: true });
           trace('migrate-in: ready sent');
+          releaseEvents = this.hooks.holdEvents?.(); // the switchover comes next
         },
       });
       const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;
@@ -332,6 +358,7 @@ export class MigrationManager {
       else this.vm.setStatus('paused');
       if (ch) await sendReply(ch, { done: true });
       trace('migrate-in: done sent');
+      releaseEvents?.();
       this.info = { status: 'completed' };
       this.setStatus('completed');
       if (waitNetpass && ch) await this.receiveNetpass(ch);
@@ -343,6 +370,8 @@ export class MigrationManager {
       this.setStatus('failed');
       throw err;
     } finally {
+      releaseEvents?.();
+      this.channel = undefined;
       await src?.close().catch(() => undefined);
     }
   }

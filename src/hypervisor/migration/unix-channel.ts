@@ -8,25 +8,23 @@ import fs from 'node:fs';
 import { native } from '../../native';
 import type { FdWatch } from '../../native/io';
 import { BatonError } from '../../util/errors';
-import { ByteSink, ByteSource } from './byte-channel';
+import { MigrationChannel } from './byte-channel';
+import { ReceiveQueue } from './receive-queue';
 import { StreamError } from './stream-format';
 
 const READ_CHUNK = 256 * 1024;
 const MAX_FDS_PER_READ = 64;
 const COALESCE_MAX = 256 * 1024;
 
-export class UnixChannel implements ByteSink, ByteSource {
-  private readonly chunks: Buffer[] = [];
-  private buffered = 0;
+export class UnixChannel implements MigrationChannel {
+  private readonly received: ReceiveQueue;
   private readonly fds: number[] = [];
-  private eof = false;
-  private failure?: Error;
-  private readWaiter?: () => void;
   private writeWaiter?: () => void;
   private readonly watch: FdWatch;
   private closed = false;
 
   constructor(readonly fd: number, readonly description: string) {
+    this.received = new ReceiveQueue(description);
     this.watch = native.fdWatch(fd, 'r', (readable, writable) => {
       if (readable) this.pump();
       if (writable && this.writeWaiter) {
@@ -48,29 +46,40 @@ export class UnixChannel implements ByteSink, ByteSource {
     }
   }
 
-  /** Listens on `path` and resolves with the first connection (the source). */
-  static async acceptOne(path: string, onListening?: () => void): Promise<UnixChannel> {
+  /**
+   * Listens on `path` and resolves with the first connection (the source); the listener
+   * closes then, or when `signal` aborts (the hypervisor quits while waiting).
+   */
+  static async acceptOne(path: string, onListening?: () => void, signal?: AbortSignal): Promise<UnixChannel> {
     try { fs.unlinkSync(path); } catch { /* no stale socket */ }
     const listenFd = native.unixListen(path, 1);
     fs.chmodSync(path, 0o600);
     onListening?.();
     return new Promise((resolve, reject) => {
+      const stopListening = () => {
+        w.stop();
+        native.close(listenFd);
+        signal?.removeEventListener('abort', onAbort);
+        try { fs.unlinkSync(path); } catch { /* gone */ }
+      };
+      const onAbort = () => {
+        stopListening();
+        reject(new BatonError('EMIGRATE', `stopped waiting for the incoming migration on unix:${path}`));
+      };
       const w = native.fdWatch(listenFd, 'r', () => {
         let fd: number;
         try {
           fd = native.unixAccept(listenFd);
         } catch (err) {
-          w.stop();
-          native.close(listenFd);
+          stopListening();
           reject(err);
           return;
         }
         if (fd < 0) return;
-        w.stop();
-        native.close(listenFd);
-        try { fs.unlinkSync(path); } catch { /* gone */ }
+        stopListening();
         resolve(new UnixChannel(fd, `unix:${path}`));
       });
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 
@@ -80,49 +89,30 @@ export class UnixChannel implements ByteSink, ByteSource {
       try {
         msg = native.recvmsgFds(this.fd, READ_CHUNK, MAX_FDS_PER_READ);
       } catch (err) {
-        this.failure = err as Error;
-        break;
+        this.received.fail(err as Error);
+        return;
       }
       if (msg === null) break;
       this.fds.push(...msg.fds);
       if (msg.data.length === 0) {
-        this.eof = true;
         this.watch.stop();
-        break;
+        this.received.end();
+        return;
       }
-      this.chunks.push(msg.data);
-      this.buffered += msg.data.length;
+      this.received.push(msg.data);
     }
-    const w = this.readWaiter;
-    this.readWaiter = undefined;
-    w?.();
+    this.received.wake(); // fds may have come without bytes
   }
 
-  async read(n: number, section: string): Promise<Buffer> {
-    while (this.buffered < n) {
-      if (this.failure) throw new StreamError(`channel ${this.description} failed: ${this.failure.message}`, section);
-      if (this.eof || this.closed) throw new StreamError(`truncated: the peer closed ${this.description} with ${n - this.buffered} bytes missing`, section);
-      await new Promise<void>((resolve) => { this.readWaiter = resolve; });
-    }
-    const out = Buffer.allocUnsafe(n);
-    let got = 0;
-    while (got < n) {
-      const c = this.chunks[0];
-      const take = Math.min(c.length, n - got);
-      c.copy(out, got, 0, take);
-      got += take;
-      if (take === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(take);
-    }
-    this.buffered -= n;
-    return out;
+  read(n: number, section: string): Promise<Buffer> {
+    return this.received.read(n, section);
   }
 
   /** Waits until at least `count` fds arrived and takes the oldest `count`. */
   async takeFds(count: number, section: string): Promise<number[]> {
     while (this.fds.length < count) {
-      if (this.failure || this.eof || this.closed) throw new StreamError(`expected ${count} file descriptor(s), ${this.fds.length} arrived`, section);
-      await new Promise<void>((resolve) => { this.readWaiter = resolve; });
+      if (this.received.done) throw new StreamError(`expected ${count} file descriptor(s), ${this.fds.length} arrived`, section);
+      await this.received.next();
     }
     return this.fds.splice(0, count);
   }
@@ -171,6 +161,6 @@ export class UnixChannel implements ByteSink, ByteSource {
     this.watch.stop();
     for (const fd of this.fds.splice(0)) { try { native.close(fd); } catch { /* closed */ } }
     try { native.close(this.fd); } catch { /* closed */ }
-    this.readWaiter?.();
+    this.received.end();
   }
 }

@@ -24,6 +24,7 @@ import { TcpChannel, parseTcpTarget } from './tcp-channel';
 import { UnixChannel } from './unix-channel';
 import { NetpassRecorder, decodeCapture, encodeCapture } from '../net/netpass';
 import { StreamError, decodeRecord, encodeEnd, encodeRecord, encodeSection } from './stream-format';
+import { boostThisThread } from './switchover-priority';
 import { RamTransfer, readSection, rehearseSave, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
 
 const log = loggerFor('migration');
@@ -63,6 +64,9 @@ export interface MigrationHooks {
   /** Holds the monitor's events until the returned function runs: a client woken inside the switchover takes a core from it. */
   holdEvents?(): () => void;
 }
+
+/** How long the destination keeps its switchover priority after the guest resumed there (first frames, the source's retirement). */
+const SETTLE_MS = 200;
 
 /** How long a destination waits for the netpass frames before giving up on them (never on the migration). */
 const NETPASS_WAIT_MS = 3000;
@@ -170,6 +174,7 @@ export class MigrationManager {
     let recorder: NetpassRecorder | undefined;
     let precopy: RamPrecopy | undefined;
     let releaseEvents: (() => void) | undefined;
+    let unboost = (): void => undefined;
     try {
       let sections = 0;
       if (kind !== 'file') {
@@ -202,6 +207,7 @@ export class MigrationManager {
       const pauseStart = Date.now();
       trace('migrate-out: pause');
       releaseEvents = this.hooks.holdEvents?.();
+      unboost = boostThisThread();
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
       paused = true;
@@ -217,6 +223,7 @@ export class MigrationManager {
           sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
         trace('migrate-out: device state sent');
         releaseEvents?.();
+        unboost();
         const r = await readReply(ch, 'done');
         trace('migrate-out: destination done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
@@ -253,6 +260,7 @@ export class MigrationManager {
       throw err;
     } finally {
       releaseEvents?.();
+      unboost();
       this.vm.statusBeforeSave = undefined;
       this.channel = undefined;
     }
@@ -331,6 +339,7 @@ export class MigrationManager {
     let src: ByteSource | undefined;
     let ch: MigrationChannel | undefined;
     let releaseEvents: (() => void) | undefined;
+    let unboost = (): void => undefined;
     try {
       if (kind !== 'file') {
         ch = kind === 'unix'
@@ -349,6 +358,7 @@ export class MigrationManager {
           if (channel) await sendReply(channel, { ready: true });
           trace('migrate-in: ready sent');
           releaseEvents = this.hooks.holdEvents?.(); // the switchover comes next
+          unboost = boostThisThread();
         },
       });
       const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;
@@ -359,11 +369,13 @@ export class MigrationManager {
       if (ch) await sendReply(ch, { done: true });
       trace('migrate-in: done sent');
       releaseEvents?.();
+      setTimeout(unboost, SETTLE_MS).unref();
       this.info = { status: 'completed' };
       this.setStatus('completed');
       if (waitNetpass && ch) await this.receiveNetpass(ch);
     } catch (err) {
       const e = err as Error;
+      unboost();
       log.error(`incoming migration from ${uri} failed: ${e.message}`);
       if (ch) await sendReply(ch, { error: e.message }).catch(() => undefined);
       this.info = { status: 'failed', 'error-desc': e.message };

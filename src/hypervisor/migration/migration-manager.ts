@@ -113,6 +113,8 @@ export class MigrationManager {
   autostart = false;
   private info: MigrationInfo = { status: 'none' };
   private channel?: MigrationChannel;
+  /** The incoming migration's channel (closed if the hypervisor quits; migrate_cancel is for outgoing ones). */
+  private incoming?: MigrationChannel;
   private cancelRequested = false;
   /** Aborts an incoming migration still waiting for its source (the hypervisor quits). */
   private readonly closing = new AbortController();
@@ -150,11 +152,11 @@ export class MigrationManager {
     if (this.vm.status !== 'running' && this.vm.status !== 'paused') {
       throw new BatonError('EMIGRATE', `cannot migrate a VM whose status is ${this.vm.status}`);
     }
-    const { kind } = parseUri(uri);
+    const { kind, target } = parseUri(uri);
     if (this.parameters.local && kind !== 'unix') {
       throw new BatonError('EMIGRATE', `local migration passes file descriptors and needs a UNIX domain socket; ${kind}: cannot carry them (use unix:PATH)`);
     }
-    if (kind === 'tcp') parseTcpTarget(parseUri(uri).target);
+    if (kind === 'tcp') parseTcpTarget(target);
   }
 
   /** Outgoing migration; resolves when it ended (completed, failed or cancelled). */
@@ -325,6 +327,7 @@ export class MigrationManager {
   close(): void {
     this.closing.abort();
     void this.channel?.close();
+    void this.incoming?.close();
   }
 
   /** Incoming: read a state stream into this (fresh, inmigrate) VM. */
@@ -345,7 +348,7 @@ export class MigrationManager {
         ch = kind === 'unix'
           ? await UnixChannel.acceptOne(target, onListening, this.closing.signal)
           : await TcpChannel.acceptOne(target, onListening, this.closing.signal);
-        this.channel = ch;
+        this.incoming = ch;
         src = ch;
       } else {
         onListening?.();
@@ -383,7 +386,7 @@ export class MigrationManager {
       throw err;
     } finally {
       releaseEvents?.();
-      this.channel = undefined;
+      this.incoming = undefined;
       await src?.close().catch(() => undefined);
     }
   }

@@ -156,7 +156,7 @@ describe('baton vm lifecycle (real CLI, real guest)', () => {
     consoleProcess.stderr.on('data', (d: Buffer) => (errors += d.toString()));
     const exited = new Promise<number | null>((resolve) => consoleProcess.on('exit', (code) => resolve(code)));
     // The counter guest prints a tick line every few ms: they must stream through the console.
-    await waitFor('tick lines on the console', () => ((output.match(/^tick \d+ tsc \d+$/gm) ?? []).length >= 2 ? true : undefined));
+    await waitFor('tick lines on the console', () => ((output.match(/^tick \d+ tsc \d+\n/gm) ?? []).length >= 2 ? true : undefined));
     consoleProcess.stdin.write(Buffer.from([0x1d]));
     expect(await exited).toBe(0);
     expect(errors).toContain("Connected to domain 'e2e-counter'\nEscape character is ^] (Ctrl + ])");

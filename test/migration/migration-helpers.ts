@@ -298,7 +298,7 @@ export function parsePing(output: string): PingResult {
 
 /** Echo counters the guest prints with `report_ms` (`echo frames F replies R dropped D`). */
 export function echoReports(serial: string): { frames: number; replies: number; dropped: number }[] {
-  return [...serial.matchAll(/^echo frames (\d+) replies (\d+) dropped (\d+)$/gm)].map((m) => ({ frames: Number(m[1]), replies: Number(m[2]), dropped: Number(m[3]) }));
+  return [...serial.matchAll(/^echo frames (\d+) replies (\d+) dropped (\d+)\n/gm)].map((m) => ({ frames: Number(m[1]), replies: Number(m[2]), dropped: Number(m[3]) }));
 }
 
 /**

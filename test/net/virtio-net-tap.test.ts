@@ -109,7 +109,8 @@ describe('virtio-net-pci on a TAP, test guest, baton-hv', () => {
       const echo = await lab.echo(count, { window: 128, sockets: 32, timeoutS: 120 });
       expectCleanEcho(echo, count);
       await sleep(500);
-      const reports = [...run.serial().matchAll(/^mq pairs 2 rx (\d+) (\d+) tx (\d+) (\d+)$/gm)];
+      // Whole lines only: the serial log may end in a line still being written.
+      const reports = [...run.serial().matchAll(/^mq pairs 2 rx (\d+) (\d+) tx (\d+) (\d+)\n/gm)];
       const [rx0, rx1, tx0, tx1] = reports[reports.length - 1].slice(1).map(Number);
       console.log(`baton-hv multiqueue: ${count} echoes over 32 flows; guest pair 0 rx ${rx0} tx ${tx0}, pair 1 rx ${rx1} tx ${tx1}`);
       // Each pair's RX queue is fed only by its own TAP queue fd, TX only writes to it.

@@ -30,9 +30,9 @@ function start(args: string[], tag: string): HvProcess {
   return p;
 }
 
-/** The guest's latest `sink frames F ...` count. */
+/** The guest's latest `sink frames F bytes B` count (whole lines: the log may end mid-line). */
 function sinkFrames(serial: string): number {
-  const all = [...serial.matchAll(/sink frames (\d+)/g)];
+  const all = [...serial.matchAll(/sink frames (\d+) bytes \d+\n/g)];
   return all.length ? Number(all[all.length - 1][1]) : 0;
 }
 

@@ -4,6 +4,7 @@
  * thread resumed; a pause is a kick, after which the vCPU parks in userspace (kicked exit)
  * with any I/O it had in flight completed first (immediate_exit makes KVM finish it).
  */
+import fs from 'node:fs';
 import { native } from '../native';
 import { loggerFor } from '../util/logger';
 import { IoBus } from './devices/io-bus';
@@ -13,6 +14,7 @@ const log = loggerFor('vcpu');
 
 export interface VcpuThread {
   run: ArrayBuffer;
+  tid: number;
   resume(immediateExit?: boolean): void;
   kick(): void;
   stop(): void;
@@ -52,6 +54,9 @@ export class Vcpu {
     this.thread = native.vcpuThreadStart(this.fd, this.mmapSize, (reason: number) => this.onExit(reason));
     this.runView = new DataView(this.thread.run);
     this.runBytes = new Uint8Array(this.thread.run);
+    // QEMU's name for the thread (as with -name debug-threads=on): top, taskset and cgroup
+    // tooling can tell the vCPUs from the emulator's threads.
+    try { fs.writeFileSync(`/proc/self/task/${this.thread.tid}/comm`, `CPU ${this.id}/KVM`); } catch { /* cosmetic */ }
   }
 
   /** Enter (or re-enter) the guest. */

@@ -188,6 +188,40 @@ export class MigrationLab {
     }
   }
 
+  /**
+   * A migration that copies RAM to a destination on a TAP of its own (the new-tap way), over
+   * `uri` (a fresh UNIX socket by default): checks it completed with RAM copied, retires the
+   * source (its TAP goes with it), moves the host address to the new TAP and checks that the
+   * same guest (one boot, counters going on) answers there. Returns the outcome.
+   */
+  async copyToNewTap(tag: string, memMiB: number, uri?: string): Promise<MigrationOutcome> {
+    const source = await this.startSource({ tag: `${tag}-src`, memMiB, append: `echo ip=${this.net.guestIp}/24 report_ms=200` });
+    const newTap = this.net.tapName(1);
+    const destination = await this.startDestination(`${tag}-dst`, { memMiB, netdev: tapByName(newTap) });
+    await this.waitForLink(newTap, destination.run);
+    const reportsBefore = echoReports(this.chainSerial()).length;
+
+    const outcome = await this.migrate(source, destination, { local: false, uri });
+    expect(`${outcome.status} ${outcome.info['error-desc'] ?? ''}`.trim()).toBe('completed');
+    expect(outcome.info.ram?.transferred).toBeGreaterThan(0);
+    expect(outcome.info.ram?.total).toBe(memMiB * 1024 * 1024);
+    expect(await source.qmp.execute('query-status')).toMatchObject({ status: 'postmigrate' });
+    expect(await destination.qmp.execute('query-status')).toMatchObject({ status: 'running' });
+
+    await this.retire(source);
+    expect(this.links().has(this.tap)).toBe(false);
+    this.net.configureTap(newTap);
+    expect(this.net.ping(50, 0.005)).toMatchObject({ transmitted: 50, received: 50 });
+
+    await sleep(500);
+    const reports = echoReports(this.chainSerial());
+    expect(reports.length).toBeGreaterThan(reportsBefore);
+    for (let i = 1; i < reports.length; i++) expect(reports[i].frames).toBeGreaterThanOrEqual(reports[i - 1].frames);
+    expect(this.readyCount()).toBe(1);
+    await this.retire(destination);
+    return outcome;
+  }
+
   /** Quits a source after a completed migration and waits for its process to end. */
   async retire(hv: Hv): Promise<void> {
     await hv.qmp.execute('quit').catch(() => undefined);

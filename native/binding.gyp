@@ -11,7 +11,8 @@
         "src/fdio.cc",
         "src/tap.cc",
         "src/unix_socket.cc",
-        "src/vhost.cc"
+        "src/vhost.cc",
+        "src/sched.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

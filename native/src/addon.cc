@@ -9,6 +9,7 @@ void InitFdio(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitUnixSocket(Napi::Env env, Napi::Object exports);
 void InitVhost(Napi::Env env, Napi::Object exports);
+void InitSched(Napi::Env env, Napi::Object exports);
 }  // namespace baton
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -19,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   baton::InitTap(env, exports);
   baton::InitUnixSocket(env, exports);
   baton::InitVhost(env, exports);
+  baton::InitSched(env, exports);
   return exports;
 }
 

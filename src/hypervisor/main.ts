@@ -7,10 +7,12 @@
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { parseHvArgs } from './cli-args';
+import { idleNodeHelperThreads } from './host-threads';
 import { MachineConfig } from './machine-config';
 import { Nics } from './nics';
 import type { MonitorHandle } from './qmp-commands';
 import { SerialConsole } from './serial-console';
+import { setThreadPriority } from './thread-priority';
 import { Vm } from './vm';
 
 const log = loggerFor('baton-hv');
@@ -24,6 +26,7 @@ export interface Hypervisor {
 }
 
 export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> {
+  idleNodeHelperThreads();
   // Incoming: guest RAM comes with the migration (its fd, the shared file, or copied).
   const vm = Vm.create(config, { loadImage: !config.incoming, deferMemory: !!config.incoming });
   const nics = new Nics(vm);
@@ -63,7 +66,11 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     }
   });
   vm.startThreads();
-  if (config.incoming) vm.setStatus('inmigrate');
+  if (config.incoming) {
+    vm.setStatus('inmigrate');
+    // Until the switchover, a running guest elsewhere on this host (the source) comes first.
+    setThreadPriority('background');
+  }
   else if (!config.startPaused) vm.resume();
 
   // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -172,6 +172,10 @@ export interface KvmNative {
   /** The realtime signal kick() sends (SIGRTMIN+4). */
   vcpuKickSignal: number;
 
+  // Threads (native/src/sched.cc)
+  /** Scheduling class of one of this process's threads (its nice value stays). */
+  threadSetScheduling(tid: number, policy: 'normal' | 'idle'): void;
+
   // Memory
   memfdCreate(name: string, options?: { allowSealing?: boolean; hugetlb?: boolean }): Fd;
   ftruncate(fd: Fd, size: number | bigint): void;

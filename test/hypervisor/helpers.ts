@@ -298,3 +298,26 @@ export function maybe(name: string, fn: () => Promise<void>, timeoutMs = 30_000)
     await fn();
   }, timeoutMs);
 }
+
+export interface ThreadSched {
+  tid: number;
+  comm: string;
+  nice: number;
+  /** SCHED_OTHER, SCHED_IDLE, or the policy's number. */
+  policy: 'other' | 'idle' | number;
+}
+
+/** The threads of process `pid` with their nice value and scheduling policy (/proc/PID/task/TID/stat). */
+export function threadsOf(pid: number): ThreadSched[] {
+  const out: ThreadSched[] = [];
+  for (const name of fs.readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try { stat = fs.readFileSync(`/proc/${pid}/task/${name}/stat`, 'latin1'); } catch { continue; } // ended meanwhile
+    // comm is in parentheses and may hold spaces: the fields after it start at the last ')'.
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const policy = Number(fields[38]); // field 41 of proc(5), counted from state (field 3)
+    out.push({ tid: Number(name), comm, nice: Number(fields[16]), policy: policy === 0 ? 'other' : policy === 5 ? 'idle' : policy });
+  }
+  return out;
+}

@@ -9,7 +9,7 @@
  * never restarts (one `ready` line in the serial log all processes append to; its echo
  * counters keep growing from process to process instead of starting over).
  */
-import { sleep } from '../hypervisor/helpers';
+import { sleep, threadsOf } from '../hypervisor/helpers';
 import { netSkipReason } from '../net/net-helpers';
 import { migrationLabForSuite, echoReports, type Hv, type MigrationOutcome } from './migration-helpers';
 
@@ -24,6 +24,7 @@ async function migrateChain(first: Hv, tagPrefix: string): Promise<{ last: Hv; o
   const outcomes: MigrationOutcome[] = [];
   for (let i = 0; i < MIGRATIONS; i++) {
     const next = await lab.startDestination(`${tagPrefix}${i}`);
+    if (i === 0) expectThreads(next, 'preparing');
     const outcome = await lab.migrate(current, next, { local: true });
     if (outcome.status !== 'completed') {
       throw new Error(`migration ${i} ${outcome.status}: ${outcome.info['error-desc']}\n${next.run.describe()}`);
@@ -37,6 +38,22 @@ async function migrateChain(first: Hv, tagPrefix: string): Promise<{ last: Hv; o
     await sleep(150);
   }
   return { last: current, outcomes };
+}
+
+/**
+ * The hypervisors' threads as the host scheduler sees them (src/hypervisor/thread-priority.ts,
+ * host-threads.ts): Node's helpers SCHED_IDLE; a destination's main thread at nice 19 until the
+ * switchover (with CAP_SYS_NICE, i.e. as root), back at 0 once it has settled; vCPUs at 0 always.
+ */
+function expectThreads(hv: Hv, phase: 'preparing' | 'settled'): void {
+  const threads = threadsOf(hv.run.pid);
+  const main = threads.find((t) => t.tid === hv.run.pid);
+  const vcpus = threads.filter((t) => t.comm.endsWith('/KVM'));
+  expect(vcpus).toEqual([expect.objectContaining({ comm: 'CPU 0/KVM', nice: 0, policy: 'other' })]);
+  expect(main).toMatchObject({ nice: phase === 'preparing' && process.getuid?.() === 0 ? 19 : 0, policy: 'other' });
+  const helpers = threads.filter((t) => t !== main && !vcpus.includes(t) && t.comm === main?.comm);
+  expect(helpers.length).toBeGreaterThanOrEqual(4);
+  for (const h of helpers) expect(h).toMatchObject({ policy: 'idle' });
 }
 
 function summarize(outcomes: MigrationOutcome[]): string {
@@ -84,6 +101,8 @@ test('10 local migrations under ping -i 0.002 and a UDP echo stream: nothing los
   for (let i = 1; i < reports.length; i++) expect(reports[i].frames).toBeGreaterThanOrEqual(reports[i - 1].frames);
   expect(reports[reports.length - 1].dropped).toBe(0);
 
+  await sleep(300); // past the destination's settling time
+  expectThreads(last, 'settled');
   await lab.retire(last);
 }, 240_000);
 

@@ -24,7 +24,7 @@ import { TcpChannel, parseTcpTarget } from './tcp-channel';
 import { UnixChannel } from './unix-channel';
 import { NetpassRecorder, decodeCapture, encodeCapture } from '../net/netpass';
 import { StreamError, decodeRecord, encodeEnd, encodeRecord, encodeSection } from './stream-format';
-import { boostThisThread } from './switchover-priority';
+import { setThreadPriority } from '../thread-priority';
 import { RamTransfer, readSection, rehearseSave, restoreVm, saveDeviceState, saveSetup, saveVm } from './vm-state';
 
 const log = loggerFor('migration');
@@ -176,7 +176,6 @@ export class MigrationManager {
     let recorder: NetpassRecorder | undefined;
     let precopy: RamPrecopy | undefined;
     let releaseEvents: (() => void) | undefined;
-    let unboost = (): void => undefined;
     try {
       let sections = 0;
       if (kind !== 'file') {
@@ -209,7 +208,7 @@ export class MigrationManager {
       const pauseStart = Date.now();
       trace('migrate-out: pause');
       releaseEvents = this.hooks.holdEvents?.();
-      unboost = boostThisThread();
+      setThreadPriority('switchover');
       this.vm.statusBeforeSave = before;
       await this.vm.pause('finish-migrate', before === 'running');
       paused = true;
@@ -225,7 +224,7 @@ export class MigrationManager {
           sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
         trace('migrate-out: device state sent');
         releaseEvents?.();
-        unboost();
+        setThreadPriority('normal');
         const r = await readReply(ch, 'done');
         trace('migrate-out: destination done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
@@ -262,7 +261,7 @@ export class MigrationManager {
       throw err;
     } finally {
       releaseEvents?.();
-      unboost();
+      setThreadPriority('normal');
       this.vm.statusBeforeSave = undefined;
       this.channel = undefined;
     }
@@ -342,7 +341,6 @@ export class MigrationManager {
     let src: ByteSource | undefined;
     let ch: MigrationChannel | undefined;
     let releaseEvents: (() => void) | undefined;
-    let unboost = (): void => undefined;
     try {
       if (kind !== 'file') {
         ch = kind === 'unix'
@@ -361,7 +359,7 @@ export class MigrationManager {
           if (channel) await sendReply(channel, { ready: true });
           trace('migrate-in: ready sent');
           releaseEvents = this.hooks.holdEvents?.(); // the switchover comes next
-          unboost = boostThisThread();
+          setThreadPriority('switchover');
         },
       });
       const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;
@@ -372,13 +370,13 @@ export class MigrationManager {
       if (ch) await sendReply(ch, { done: true });
       trace('migrate-in: done sent');
       releaseEvents?.();
-      setTimeout(unboost, SETTLE_MS).unref();
+      setTimeout(() => setThreadPriority('normal'), SETTLE_MS).unref();
       this.info = { status: 'completed' };
       this.setStatus('completed');
       if (waitNetpass && ch) await this.receiveNetpass(ch);
     } catch (err) {
       const e = err as Error;
-      unboost();
+      setThreadPriority('normal');
       log.error(`incoming migration from ${uri} failed: ${e.message}`);
       if (ch) await sendReply(ch, { error: e.message }).catch(() => undefined);
       this.info = { status: 'failed', 'error-desc': e.message };

@@ -52,6 +52,7 @@ if newer dist/.built src tsconfig.json tsconfig.build.json package.json; then
   # baton-hv as one file: its start-up is part of every VM's boot (bin/baton-hv.js).
   npx --no-install esbuild dist/hypervisor/main.js --bundle --platform=node --target=node20 \
     --outfile=dist/baton-hv.js --external:winston --log-level=warning
+  node bin/baton-hv.js --write-code-cache
   touch dist/.built
 fi
 

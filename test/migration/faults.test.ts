@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { encodeHeader, encodeRecord, encodeSection } from '../../src/hypervisor/migration/stream-format';
-import { sleep } from '../hypervisor/helpers';
+import { sleep, threadsOf } from '../hypervisor/helpers';
 import { netSkipReason } from '../net/net-helpers';
 import { migrationLabForSuite, NIC, type Hv, guestArgs, tapByName } from './migration-helpers';
 
@@ -35,9 +35,10 @@ async function runningSource(): Promise<Hv> {
   return source;
 }
 
-/** The source after a fault: running, same TAP, guest answering every ping. */
+/** The source after a fault: running, same TAP, guest answering every ping, main thread back at its priority. */
 async function expectSourceHealthy(hv: Hv): Promise<void> {
   expect(await hv.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
+  expect(threadsOf(hv.run.pid).find((t) => t.tid === hv.run.pid)).toMatchObject({ nice: 0 });
   expect(await hv.qmp.execute('x-query-nics')).toEqual([expect.objectContaining({ ifname: lab.tap, queues: 1, waitingForFds: false })]);
   const ping = lab.net.ping(50, 0.005);
   expect(ping).toMatchObject({ transmitted: 50, received: 50 });

@@ -66,7 +66,7 @@ function startInNetns(cmd, args) {
   let output = '';
   child.stdout.setEncoding('latin1').on('data', (d) => (output += d));
   child.stderr.setEncoding('latin1').on('data', (d) => (output += d));
-  const exited = new Promise((r) => child.on('exit', (code) => { children.delete(child); r(code); }));
+  const exited = new Promise((r) => child.on('exit', (code, signal) => { children.delete(child); r(signal ?? code); }));
   return { child, exited, output: () => output };
 }
 
@@ -145,9 +145,9 @@ async function startTraffic(windowMs) {
   return {
     /** `during`: the monotonic µs interval in which a silence must begin to count as the pause. */
     async results(during) {
-      await Promise.all([ping.exited, udp.exited]);
+      const [pingExit] = await Promise.all([ping.exited, udp.exited]);
       const m = /(\d+) packets transmitted, (\d+) received/.exec(ping.output());
-      if (!m) throw new Error(`ping printed no summary: ${ping.output()}`);
+      if (!m) throw new Error(`ping printed no summary (exit ${pingExit}): ${ping.output()}`);
       const stream = JSON.parse(udp.output().trim().split('\n').pop());
       const inside = during ? stream.gaps.filter((g) => g.fromUs >= during.fromUs && g.fromUs <= during.toUs) : [];
       // No silence over the threshold during the migration: the pause was at most that.

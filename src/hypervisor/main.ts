@@ -70,8 +70,9 @@ export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> 
     vm.setStatus('inmigrate');
     // Until the switchover, a running guest elsewhere on this host (the source) comes first.
     setThreadPriority('background');
+  } else if (!config.startPaused) {
+    vm.resume();
   }
-  else if (!config.startPaused) vm.resume();
 
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { startMonitor } = require('./qmp-commands') as typeof import('./qmp-commands');

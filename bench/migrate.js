@@ -66,7 +66,8 @@ function startInNetns(cmd, args) {
   let output = '';
   child.stdout.setEncoding('latin1').on('data', (d) => (output += d));
   child.stderr.setEncoding('latin1').on('data', (d) => (output += d));
-  const exited = new Promise((r) => child.on('exit', (code, signal) => { children.delete(child); r(signal ?? code); }));
+  // 'close', not 'exit': only then has all its output been read (ping's summary came after 'exit' now and then).
+  const exited = new Promise((r) => child.on('close', (code, signal) => { children.delete(child); r(signal ?? code); }));
   return { child, exited, output: () => output };
 }
 

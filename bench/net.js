@@ -106,7 +106,8 @@ function runTool(args) {
   let err = '';
   child.stdout.setEncoding('utf8').on('data', (d) => (out += d));
   child.stderr.setEncoding('utf8').on('data', (d) => (err += d));
-  return new Promise((resolve, reject) => child.on('exit', (code) => {
+  // 'close', not 'exit': only then has all of its JSON been read.
+  return new Promise((resolve, reject) => child.on('close', (code) => {
     children.delete(child);
     if (code !== 0) reject(new Error(`udp-tool ${args.join(' ')} failed: ${err}`));
     else resolve(JSON.parse(out.trim().split('\n').pop()));

@@ -1,7 +1,8 @@
-// Scheduling class of one thread of this process (sched_setattr on a tid): which of the
-// hypervisor's threads the host scheduler should favour is policy, decided in TypeScript
-// (src/hypervisor/host-threads.ts).
+// Scheduling class and CPU affinity of one thread of this process (sched_setattr and
+// sched_setaffinity on a tid): which of the hypervisor's threads the host scheduler should
+// favour, and where they may run, is policy decided in TypeScript (src/hypervisor/host-threads.ts).
 #include <linux/sched.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -51,10 +52,32 @@ Napi::Value ThreadSetScheduling(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// threadSetAffinity(tid, cpus: number[]): the thread may run only on these host CPUs.
+Napi::Value ThreadSetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "sched_setaffinity";
+  int64_t tid;
+  if (!io::GetInt(info, 0, op, "tid", 1, INT32_MAX, &tid)) return env.Undefined();
+  if (!info[1].IsArray() || info[1].As<Napi::Array>().Length() == 0) return ThrowArg(env, op, "cpus must be a non-empty array of CPU numbers");
+  Napi::Array cpus = info[1].As<Napi::Array>();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < cpus.Length(); i++) {
+    Napi::Value v = cpus.Get(i);
+    if (!v.IsNumber()) return ThrowArg(env, op, "cpus must be a non-empty array of CPU numbers");
+    double cpu = v.As<Napi::Number>().DoubleValue();
+    if (cpu < 0 || cpu >= CPU_SETSIZE || cpu != static_cast<int>(cpu)) return ThrowArg(env, op, "CPU number out of range 0-1023");
+    CPU_SET(static_cast<int>(cpu), &set);
+  }
+  if (sched_setaffinity(static_cast<pid_t>(tid), sizeof set, &set) < 0) return ThrowErrno(env, op, errno);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitSched(Napi::Env env, Napi::Object exports) {
   exports.Set("threadSetScheduling", Napi::Function::New(env, ThreadSetScheduling, "threadSetScheduling"));
+  exports.Set("threadSetAffinity", Napi::Function::New(env, ThreadSetAffinity, "threadSetAffinity"));
 }
 
 }  // namespace baton

@@ -175,6 +175,8 @@ export interface KvmNative {
   // Threads (native/src/sched.cc)
   /** Scheduling class of one of this process's threads (its nice value stays). */
   threadSetScheduling(tid: number, policy: 'normal' | 'idle'): void;
+  /** Host CPUs one of this process's threads may run on (sched_setaffinity). */
+  threadSetAffinity(tid: number, cpus: number[]): void;
 
   // Memory
   memfdCreate(name: string, options?: { allowSealing?: boolean; hugetlb?: boolean }): Fd;

@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
+import { parseCpuset } from '../util/cpuset';
 import { BatonError } from '../util/errors';
 import { MachineConfig, validateMachineConfig } from './machine-config';
 
@@ -17,6 +18,8 @@ export const USAGE = `usage: baton-hv [--config FILE.json] [options]
   --mem-path PATH         back RAM with this shared file instead of a memfd
   --smp N                 vCPUs (1-8)
   --cpu MODEL             host | baton-pvm (default)
+  --vcpupin VCPU:CPUSET   host CPUs for one vCPU's thread, libvirt's cpuset syntax (repeatable)
+  --emulatorpin CPUSET    host CPUs for every other thread
   --monitor PATH          QMP socket (required)
   --serial-socket PATH    console socket
   --serial-log PATH       append the guest's serial output here
@@ -36,6 +39,7 @@ export function parseHvArgs(argv: string[]): MachineConfig {
         config: { type: 'string' }, name: { type: 'string' }, kernel: { type: 'string' }, initrd: { type: 'string' },
         append: { type: 'string' }, memory: { type: 'string', short: 'm' }, 'mem-path': { type: 'string' },
         smp: { type: 'string' }, cpu: { type: 'string' }, monitor: { type: 'string' },
+        vcpupin: { type: 'string', multiple: true }, emulatorpin: { type: 'string' },
         'serial-socket': { type: 'string' }, 'serial-log': { type: 'string' }, S: { type: 'boolean', short: 'S' },
         netdev: { type: 'string', multiple: true }, device: { type: 'string', multiple: true },
         incoming: { type: 'string' }, 'no-reboot': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
@@ -65,6 +69,21 @@ export function parseHvArgs(argv: string[]): MachineConfig {
   const memory = memMiB !== undefined || v['mem-path']
     ? { sizeMiB: memMiB ?? base.memory?.sizeMiB ?? 256, backing: v['mem-path'] ? 'file' as const : 'memfd' as const, path: v['mem-path'] }
     : base.memory ?? { sizeMiB: 256, backing: 'memfd' as const };
+  const cpuset = (flag: string, text: string) => {
+    try {
+      return parseCpuset(text);
+    } catch (err) {
+      throw new BatonError('EUSAGE', `--${flag} '${text}': ${(err as Error).message}`);
+    }
+  };
+  const vcpuPins = (v.vcpupin ?? []).map((arg) => {
+    const m = /^(\d+):(.+)$/.exec(arg);
+    if (!m) throw new BatonError('EUSAGE', `--vcpupin expects VCPU:CPUSET (e.g. 0:1), got "${arg}"`);
+    return { vcpu: Number(m[1]), cpus: cpuset('vcpupin', m[2]) };
+  });
+  const cpuPinning = vcpuPins.length > 0 || v.emulatorpin !== undefined
+    ? { vcpus: vcpuPins, ...(v.emulatorpin !== undefined ? { emulator: cpuset('emulatorpin', v.emulatorpin) } : {}) }
+    : base.cpuPinning;
   return validateMachineConfig({
     ...base,
     name: v.name ?? base.name ?? 'vm',
@@ -73,6 +92,7 @@ export function parseHvArgs(argv: string[]): MachineConfig {
     cmdline: v.append ?? base.cmdline,
     memory,
     vcpus: int('smp', v.smp) ?? base.vcpus ?? 1,
+    cpuPinning,
     cpuModel: v.cpu ?? base.cpuModel,
     monitor: v.monitor ? { socket: v.monitor } : base.monitor,
     serial: { ...base.serial, ...(v['serial-socket'] ? { socket: v['serial-socket'] } : {}), ...(v['serial-log'] ? { logFile: v['serial-log'] } : {}) },

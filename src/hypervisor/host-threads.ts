@@ -1,4 +1,6 @@
 /**
+ * Where and how baton-hv's threads run on the host.
+ *
  * Node's own helper threads (V8's compiler and garbage-collector workers) run SCHED_IDLE in
  * baton-hv. Left at the defaults, a helper compiling the freshly hot packet path held a core
  * for up to 10 ms at a time (kernel trace, idle echo guest), and the main thread (every device
@@ -10,7 +12,10 @@
  */
 import fs from 'node:fs';
 import { native } from '../native';
+import { formatCpuset, parseCpuset } from '../util/cpuset';
+import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
+import { CpuPinning } from './machine-config';
 
 const log = loggerFor('baton-hv');
 
@@ -26,4 +31,48 @@ export function idleNodeHelperThreads(): void {
       log.debug(`thread ${tid} keeps its scheduling: ${(err as Error).message}`);
     }
   }
+}
+
+/** The host's online CPUs. */
+export function onlineCpus(): number[] {
+  return parseCpuset(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8').trim());
+}
+
+/** Refuses pinning to CPUs this host does not have online, before anything is built. */
+export function checkPinningAgainstHost(pinning: CpuPinning | undefined, online = onlineCpus()): void {
+  const check = (what: string, cpus: number[]) => {
+    const missing = cpus.filter((c) => !online.includes(c));
+    if (missing.length > 0) {
+      throw new BatonError('ECONFIG', `${what} names host CPU ${formatCpuset(missing)}, but this host's online CPUs are ${formatCpuset(online)}; pin to those`);
+    }
+  };
+  for (const pin of pinning?.vcpus ?? []) check(`vcpupin for vCPU ${pin.vcpu}`, pin.cpus);
+  if (pinning?.emulator) check('emulatorpin', pinning.emulator);
+}
+
+/**
+ * libvirt's emulatorpin: every thread of this process so far. Called before the vCPU threads
+ * exist; the threads started later (libuv's pool, the vCPUs) inherit the main thread's set,
+ * and each vCPU then gets its own (`vcpuThreadCpus`).
+ */
+export function pinEmulatorThreads(cpus: number[]): void {
+  for (const name of fs.readdirSync('/proc/self/task')) {
+    try {
+      native.threadSetAffinity(Number(name), cpus);
+    } catch (err) {
+      if (Number(name) === process.pid) throw new BatonError('EPIN', `cannot pin baton-hv to CPUs ${formatCpuset(cpus)}: ${(err as Error).message}`);
+      log.debug(`thread ${name} keeps its CPUs: ${(err as Error).message}`);
+    }
+  }
+}
+
+/**
+ * The CPUs a vCPU thread may use: its vcpupin, else every online CPU when the emulator is
+ * pinned (it inherited the emulator's set; libvirt leaves unpinned vCPUs on all CPUs), else
+ * undefined (left as it is).
+ */
+export function vcpuThreadCpus(pinning: CpuPinning | undefined, vcpu: number): number[] | undefined {
+  const own = pinning?.vcpus.find((p) => p.vcpu === vcpu);
+  if (own) return own.cpus;
+  return pinning?.emulator ? onlineCpus() : undefined;
 }

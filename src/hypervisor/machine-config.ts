@@ -4,6 +4,7 @@
  * every impossible value is refused with the field's name before any KVM object exists.
  */
 import { BatonError } from '../util/errors';
+import { MAX_CPU } from '../util/cpuset';
 import { CPU_MODELS } from './x86/cpu-model';
 
 export interface MachineConfig {
@@ -11,6 +12,8 @@ export interface MachineConfig {
   uuid?: string;
   memory: { sizeMiB: number; backing: 'memfd' | 'file'; path?: string };
   vcpus: number;
+  /** Host CPUs for vCPU threads and for every other thread (libvirt's vcpupin, emulatorpin). */
+  cpuPinning?: CpuPinning;
   cpuModel: string;
   kernel: string;
   initrd?: string;
@@ -28,6 +31,11 @@ export interface MachineConfig {
   onPoweroff: 'destroy' | 'preserve';
   onReboot: 'restart' | 'destroy';
   onCrash: 'destroy' | 'preserve';
+}
+
+export interface CpuPinning {
+  vcpus: { vcpu: number; cpus: number[] }[];
+  emulator?: number[];
 }
 
 export const MIN_MEMORY_MIB = 128;
@@ -48,15 +56,34 @@ export function validateMachineConfig(input: Partial<MachineConfig>): MachineCon
   if (!Number.isInteger(input.vcpus) || (input.vcpus as number) < 1 || (input.vcpus as number) > MAX_VCPUS) {
     fail('vcpus', `is ${input.vcpus}; must be 1-${MAX_VCPUS}`);
   }
+  const cpuPinning = input.cpuPinning ? validateCpuPinning(input.cpuPinning, input.vcpus as number) : undefined;
   const cpuModel = input.cpuModel ?? 'baton-pvm';
   if (!CPU_MODELS.includes(cpuModel as never)) fail('cpuModel', `"${cpuModel}" is unknown (known: ${CPU_MODELS.join(', ')})`);
   if (!input.kernel) fail('kernel', 'is required');
   if (!input.monitor?.socket) fail('monitor.socket', 'is required');
   return {
-    name: input.name, uuid: input.uuid, memory: mem, vcpus: input.vcpus as number, cpuModel,
+    name: input.name, uuid: input.uuid, memory: mem, vcpus: input.vcpus as number, ...(cpuPinning ? { cpuPinning } : {}), cpuModel,
     kernel: input.kernel, initrd: input.initrd, cmdline: input.cmdline ?? '',
     serial: input.serial ?? {}, netdevs: input.netdevs ?? [], devices: input.devices ?? [], monitor: input.monitor, startPaused: input.startPaused ?? false,
     incoming: input.incoming, onPoweroff: input.onPoweroff ?? 'destroy', onReboot: input.onReboot ?? 'restart',
     onCrash: input.onCrash ?? 'destroy',
   };
+}
+
+function validateCpus(field: string, cpus: unknown): number[] {
+  if (!Array.isArray(cpus) || cpus.length === 0 || !cpus.every((c) => Number.isInteger(c) && c >= 0 && c <= MAX_CPU)) {
+    fail(field, `must be a non-empty list of host CPU numbers 0-${MAX_CPU}`);
+  }
+  return [...new Set(cpus as number[])].sort((a, b) => a - b);
+}
+
+function validateCpuPinning(pinning: CpuPinning, vcpus: number): CpuPinning {
+  const seen = new Set<number>();
+  const pins = (pinning.vcpus ?? []).map((pin, i) => {
+    if (!Number.isInteger(pin.vcpu) || pin.vcpu < 0 || pin.vcpu >= vcpus) fail(`cpuPinning.vcpus[${i}].vcpu`, `is ${pin.vcpu}; the machine has vCPUs 0-${vcpus - 1}`);
+    if (seen.has(pin.vcpu)) fail(`cpuPinning.vcpus[${i}].vcpu`, `pins vCPU ${pin.vcpu} a second time`);
+    seen.add(pin.vcpu);
+    return { vcpu: pin.vcpu, cpus: validateCpus(`cpuPinning.vcpus[${i}].cpus`, pin.cpus) };
+  });
+  return { vcpus: pins, ...(pinning.emulator !== undefined ? { emulator: validateCpus('cpuPinning.emulator', pinning.emulator) } : {}) };
 }

@@ -7,7 +7,7 @@
 import { BatonError } from '../util/errors';
 import { loggerFor } from '../util/logger';
 import { parseHvArgs } from './cli-args';
-import { idleNodeHelperThreads } from './host-threads';
+import { checkPinningAgainstHost, idleNodeHelperThreads, pinEmulatorThreads } from './host-threads';
 import { MachineConfig } from './machine-config';
 import { Nics } from './nics';
 import type { MonitorHandle } from './qmp-commands';
@@ -27,6 +27,8 @@ export interface Hypervisor {
 
 export async function runHypervisor(config: MachineConfig): Promise<Hypervisor> {
   idleNodeHelperThreads();
+  checkPinningAgainstHost(config.cpuPinning);
+  if (config.cpuPinning?.emulator) pinEmulatorThreads(config.cpuPinning.emulator);
   // Incoming: guest RAM comes with the migration (its fd, the shared file, or copied).
   const vm = Vm.create(config, { loadImage: !config.incoming, deferMemory: !!config.incoming });
   const nics = new Nics(vm);

@@ -38,6 +38,13 @@ export async function startMonitor(hv: Hypervisor): Promise<MonitorHandle> {
   reg('query-status', {
     handler: () => ({ status: vm.status, singlestep: false, running: vm.status === 'running' }),
   });
+  // libvirt finds the vCPU threads to pin (and tools the ones to watch) by thread-id.
+  reg('query-cpus-fast', {
+    handler: () => vm.vcpus.map((v) => ({
+      'cpu-index': v.id, 'qom-path': `/machine/unattached/device[${v.id}]`, 'thread-id': v.tid,
+      props: { 'socket-id': v.id, 'core-id': 0, 'thread-id': 0 }, target: 'x86_64',
+    })),
+  });
   reg('stop', {
     handler: () => asQmp(async () => {
       if (vm.status === 'running') await vm.pause('paused');

@@ -59,6 +59,11 @@ export class Vcpu {
     try { fs.writeFileSync(`/proc/self/task/${this.thread.tid}/comm`, `CPU ${this.id}/KVM`); } catch { /* cosmetic */ }
   }
 
+  /** Linux tid of the vCPU's thread, once started. */
+  get tid(): number | undefined {
+    return this.thread?.tid;
+  }
+
   /** Enter (or re-enter) the guest. */
   resume(): void {
     if (!this.thread) throw new Error(`vCPU ${this.id}: thread not started`);

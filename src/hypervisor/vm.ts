@@ -31,6 +31,7 @@ import { PciIrqRoute, writeMptable } from './boot/mptable';
 import { MachineConfig } from './machine-config';
 import type { DeviceStateOwner } from './migration/vm-state';
 import { Vcpu, VcpuHost, VcpuState, restoreVcpuState, saveVcpuState } from './vcpu';
+import { vcpuThreadCpus } from './host-threads';
 import { cpuModel, cpuidForVcpu, CpuidEntry } from './x86/cpu-model';
 import { setupFpu, setupLint } from './x86/boot-regs';
 import { getReg, getSegment, getSreg } from './x86/kvm-structs';
@@ -269,7 +270,11 @@ export class Vm extends EventEmitter<VmEvents> implements VcpuHost {
 
   /** Starts vCPU threads (parked) — done before the guest may run. */
   startThreads(): void {
-    for (const v of this.vcpus) v.startThread();
+    for (const v of this.vcpus) {
+      v.startThread();
+      const cpus = vcpuThreadCpus(this.config.cpuPinning, v.id);
+      if (cpus) native.threadSetAffinity(v.tid as number, cpus);
+    }
   }
 
   setStatus(status: RunStatus): void {

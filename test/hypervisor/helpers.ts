@@ -305,19 +305,28 @@ export interface ThreadSched {
   nice: number;
   /** SCHED_OTHER, SCHED_IDLE, or the policy's number. */
   policy: 'other' | 'idle' | number;
+  /** Host CPUs it may run on, as /proc lists them ("0", "0-1"). */
+  cpus: string;
 }
 
-/** The threads of process `pid` with their nice value and scheduling policy (/proc/PID/task/TID/stat). */
+/** The threads of process `pid` with their nice value, scheduling policy and CPUs (/proc/PID/task/TID/{stat,status}). */
 export function threadsOf(pid: number): ThreadSched[] {
   const out: ThreadSched[] = [];
   for (const name of fs.readdirSync(`/proc/${pid}/task`)) {
     let stat: string;
-    try { stat = fs.readFileSync(`/proc/${pid}/task/${name}/stat`, 'latin1'); } catch { continue; } // ended meanwhile
+    let status: string;
+    try {
+      stat = fs.readFileSync(`/proc/${pid}/task/${name}/stat`, 'latin1');
+      status = fs.readFileSync(`/proc/${pid}/task/${name}/status`, 'latin1');
+    } catch {
+      continue; // ended meanwhile
+    }
     // comm is in parentheses and may hold spaces: the fields after it start at the last ')'.
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const policy = Number(fields[38]); // field 41 of proc(5), counted from state (field 3)
-    out.push({ tid: Number(name), comm, nice: Number(fields[16]), policy: policy === 0 ? 'other' : policy === 5 ? 'idle' : policy });
+    const cpus = /^Cpus_allowed_list:\s*(\S+)/m.exec(status)?.[1] ?? '?';
+    out.push({ tid: Number(name), comm, nice: Number(fields[16]), policy: policy === 0 ? 'other' : policy === 5 ? 'idle' : policy, cpus });
   }
   return out;
 }

@@ -81,6 +81,16 @@ export interface Serial {
   log?: SerialLog;
 }
 
+/**
+ * `<cputune>`: the host CPUs each vCPU's thread, and the hypervisor's other threads, may run
+ * on (libvirt's vcpupin and emulatorpin; CPU lists are sorted and unique).
+ */
+export interface CpuTune {
+  vcpuPins: { vcpu: number; cpus: number[] }[];
+  /** Every thread that is not a vCPU: device models, monitor, migration. */
+  emulatorPin?: number[];
+}
+
 export interface Domain {
   type: 'kvm';
   name: string;
@@ -92,6 +102,7 @@ export interface Domain {
   memoryKiB: number;
   memoryBacking: MemoryBacking;
   vcpus: number;
+  cputune?: CpuTune;
   os: OsBoot;
   onPoweroff: LifecycleAction;
   onReboot: LifecycleAction;

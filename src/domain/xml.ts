@@ -2,10 +2,12 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { Builder } from 'xml2js';
+import { formatCpuset, parseCpuset } from '../util/cpuset';
 import { BatonError } from '../util/errors';
 import { DomainErrorCode, xmlError } from './errors';
 import {
   BATON_MACHINE,
+  CpuTune,
   Domain,
   DOMAIN_LIMITS,
   Interface,
@@ -161,6 +163,52 @@ function parseVcpus(domain: ElementReader): number {
   const count = parsePositiveInt(vcpu.requiredText(), vcpu.path, DOMAIN_LIMITS.minVcpus, DOMAIN_LIMITS.maxVcpus, 'vCPU count');
   vcpu.done();
   return count;
+}
+
+/** CPU numbers of a `cpuset` attribute in libvirt syntax (e.g. `0-3,^2`). */
+function parseCpusetAttr(element: ElementReader): number[] {
+  const text = element.requiredAttr('cpuset');
+  try {
+    return parseCpuset(text);
+  } catch (err) {
+    throw xmlError(DomainErrorCode.XmlInvalid, `${element.path}/@cpuset`, `cpuset '${text}': ${(err as Error).message}; write host CPU numbers and ranges like '0-3,^2,6'`);
+  }
+}
+
+const CPUTUNE_CHILDREN = ['vcpupin', 'emulatorpin'];
+
+/** `<cputune>`: only pinning; host CPU numbers are checked at start, on the host that runs the domain. */
+function parseCputune(domain: ElementReader, vcpus: number): CpuTune | undefined {
+  const element = domain.optionalChild('cputune');
+  if (!element) return undefined;
+  // Say what is supported instead of done()'s generic refusal: the other children are real libvirt tuning knobs.
+  const other = element.element.children.find((c) => c.uri === '' && !CPUTUNE_CHILDREN.includes(c.name));
+  if (other) {
+    throw xmlError(DomainErrorCode.XmlUnsupported, `${element.path}/${other.name}`, `<${other.name}> is not supported by Baton: its <cputune> supports only <vcpupin> and <emulatorpin>; remove <${other.name}>`);
+  }
+  const vcpuPins: CpuTune['vcpuPins'] = [];
+  const pinnedBy = new Map<number, string>();
+  for (const pin of element.children('vcpupin')) {
+    const where = `${pin.path}/@vcpu`;
+    const text = pin.requiredAttr('vcpu');
+    if (!/^\d+$/.test(text)) throw xmlError(DomainErrorCode.XmlInvalid, where, `'${text}' is not a whole number`);
+    const vcpu = Number(text);
+    if (vcpu >= vcpus) {
+      throw xmlError(DomainErrorCode.XmlInvalid, where, `vCPU ${vcpu} does not exist: the domain has ${vcpus === 1 ? '1 vCPU (vCPU 0)' : `${vcpus} vCPUs (0 to ${vcpus - 1})`}; pin one of those or raise <vcpu>`);
+    }
+    const earlier = pinnedBy.get(vcpu);
+    if (earlier !== undefined) throw xmlError(DomainErrorCode.XmlInvalid, where, `vCPU ${vcpu} is already pinned by ${earlier}; pin each vCPU once`);
+    pinnedBy.set(vcpu, pin.path.slice(element.path.length + 1));
+    vcpuPins.push({ vcpu, cpus: parseCpusetAttr(pin) });
+    pin.done();
+  }
+  const emulator = element.optionalChild('emulatorpin');
+  const emulatorPin = emulator ? parseCpusetAttr(emulator) : undefined;
+  emulator?.done();
+  element.done();
+  if (vcpuPins.length === 0 && emulatorPin === undefined) return undefined;
+  vcpuPins.sort((a, b) => a.vcpu - b.vcpu);
+  return emulatorPin ? { vcpuPins, emulatorPin } : { vcpuPins };
 }
 
 function parseOs(domain: ElementReader, options: ParseOptions): OsBoot {
@@ -445,6 +493,8 @@ export function parseDomainXml(xml: string, options: ParseOptions = {}): Domain 
   result.memoryKiB = parseMemory(domain);
   result.memoryBacking = parseMemoryBacking(domain);
   result.vcpus = parseVcpus(domain);
+  const cputune = parseCputune(domain, result.vcpus);
+  if (cputune) result.cputune = cputune;
   result.os = parseOs(domain, options);
   result.onPoweroff = parseLifecycle(domain, 'on_poweroff', 'destroy');
   result.onReboot = parseLifecycle(domain, 'on_reboot', 'restart');
@@ -526,6 +576,12 @@ export function serializeDomainXml(domain: Domain): string {
   root.currentMemory = { $: { unit: 'KiB' }, _: String(domain.memoryKiB) };
   root.memoryBacking = { source: { $: { type: domain.memoryBacking.source } }, access: { $: { mode: domain.memoryBacking.access } } };
   root.vcpu = { $: { placement: 'static' }, _: String(domain.vcpus) };
+  if (domain.cputune) {
+    const cputune: XmlNode = {};
+    if (domain.cputune.vcpuPins.length > 0) cputune.vcpupin = domain.cputune.vcpuPins.map((pin) => ({ $: { vcpu: String(pin.vcpu), cpuset: formatCpuset(pin.cpus) } }));
+    if (domain.cputune.emulatorPin) cputune.emulatorpin = { $: { cpuset: formatCpuset(domain.cputune.emulatorPin) } };
+    root.cputune = cputune;
+  }
 
   const osNode: XmlNode = { type: { $: { arch: domain.os.arch, machine: domain.os.machine }, _: 'hvm' }, kernel: domain.os.kernel };
   if (domain.os.initrd !== undefined) osNode.initrd = domain.os.initrd;

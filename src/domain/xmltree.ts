@@ -123,7 +123,6 @@ const UNSUPPORTED_HINTS: Record<string, string> = {
   source: 'this is runtime state in libvirt\'s live XML; remove it from a definition',
   hugepages: 'Baton maps guest RAM from a memfd or file without huge pages',
   iothreads: 'Baton has no I/O threads',
-  cputune: 'Baton has no CPU tuning',
   numatune: 'Baton has no NUMA tuning',
   resource: 'Baton has no resource partitions',
 };

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { MachineConfig } from '../hypervisor/machine-config';
+import type { CpuPinning, MachineConfig } from '../hypervisor/machine-config';
 import { BatonPaths, domainFiles } from '../domain/paths';
 import { Domain, interfacePolicy } from '../domain/types';
 import { BatonError } from '../util/errors';
@@ -102,6 +102,12 @@ export function machineConfigFromDomain(domain: Domain, paths: BatonPaths, optio
     devices.push(device);
   });
 
+  const tune = domain.cputune;
+  const cpuPinning: CpuPinning | undefined = tune && {
+    vcpus: tune.vcpuPins.map((pin) => ({ vcpu: pin.vcpu, cpus: [...pin.cpus] })),
+    ...(tune.emulatorPin ? { emulator: [...tune.emulatorPin] } : {}),
+  };
+
   return {
     name: domain.name,
     uuid: domain.uuid,
@@ -111,6 +117,7 @@ export function machineConfigFromDomain(domain: Domain, paths: BatonPaths, optio
       ...(domain.memoryBacking.source === 'file' ? { path: memoryFile(paths, domain.name) } : {}),
     },
     vcpus: domain.vcpus,
+    ...(cpuPinning ? { cpuPinning } : {}),
     cpuModel: 'baton-pvm',
     kernel: domain.os.kernel,
     ...(domain.os.initrd !== undefined ? { initrd: domain.os.initrd } : {}),

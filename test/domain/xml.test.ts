@@ -221,3 +221,49 @@ describe('serializeDomainXml', () => {
     expect(debian.os.initrd).toBe(path.join(os.homedir(), '.cache/baton/guest-image/current/initramfs.cpio.gz'));
   });
 });
+
+describe('<cputune>', () => {
+  /** MINIMAL with 4 vCPUs and this <cputune> content. */
+  const withTune = (body: string): string => MINIMAL.replace('<os>', `<vcpu>4</vcpu><cputune>${body}</cputune><os>`);
+
+  it('reads vcpupin and emulatorpin, sorted by vCPU, and round-trips them in canonical cpuset form', () => {
+    const d = parseDomainXml(withTune("<vcpupin vcpu='3' cpuset='6,7'/><vcpupin vcpu='0' cpuset='0-3,^2'/><emulatorpin cpuset='8-9, 11'/>"));
+    expect(d.cputune).toEqual({ vcpuPins: [{ vcpu: 0, cpus: [0, 1, 3] }, { vcpu: 3, cpus: [6, 7] }], emulatorPin: [8, 9, 11] });
+    const xml = serializeDomainXml(d);
+    expect(xml).toContain('<vcpu placement="static">4</vcpu>\n  <cputune>\n    <vcpupin vcpu="0" cpuset="0-1,3"/>\n    <vcpupin vcpu="3" cpuset="6-7"/>\n    <emulatorpin cpuset="8-9,11"/>\n  </cputune>\n  <os>');
+    expect(parseDomainXml(xml)).toEqual(d);
+    const result = virtXmlValidate(xml, 'cputune');
+    if (result) expect(result).toEqual({ ok: true, output: expect.stringContaining('validates') });
+  });
+
+  it('takes emulatorpin alone, and an empty <cputune/> means no tuning', () => {
+    expect(parseDomainXml(withTune("<emulatorpin cpuset='1'/>")).cputune).toEqual({ vcpuPins: [], emulatorPin: [1] });
+    const d = parseDomainXml(withTune(''));
+    expect(d.cputune).toBeUndefined();
+    expect(serializeDomainXml(d)).not.toContain('cputune');
+  });
+
+  it.each([
+    ["<vcpupin vcpu='4' cpuset='0'/>", 'EXMLINVALID', "/domain/cputune/vcpupin/@vcpu: vCPU 4 does not exist: the domain has 4 vCPUs (0 to 3); pin one of those or raise <vcpu>"],
+    ["<vcpupin vcpu='one' cpuset='0'/>", 'EXMLINVALID', "/domain/cputune/vcpupin/@vcpu: 'one' is not a whole number"],
+    ["<vcpupin cpuset='0'/>", 'EXMLINVALID', "/domain/cputune/vcpupin: attribute 'vcpu' is required"],
+    ["<vcpupin vcpu='1' cpuset='0'/><vcpupin vcpu='1' cpuset='2'/>", 'EXMLINVALID', '/domain/cputune/vcpupin[2]/@vcpu: vCPU 1 is already pinned by vcpupin[1]'],
+    ["<vcpupin vcpu='1'/>", 'EXMLINVALID', "/domain/cputune/vcpupin: attribute 'cpuset' is required"],
+    ["<vcpupin vcpu='0' cpuset='1-'/>", 'EXMLINVALID', "/domain/cputune/vcpupin/@cpuset: cpuset '1-': '1-' is not a CPU number"],
+    ["<vcpupin vcpu='0' cpuset='3-1'/>", 'EXMLINVALID', "cpuset '3-1': range '3-1' runs backwards"],
+    ["<vcpupin vcpu='0' cpuset='a'/>", 'EXMLINVALID', "cpuset 'a': 'a' is not a CPU number"],
+    ["<emulatorpin cpuset='^0'/>", 'EXMLINVALID', "/domain/cputune/emulatorpin/@cpuset: cpuset '^0': it names no CPU"],
+    ["<emulatorpin cpuset='0'/><emulatorpin cpuset='1'/>", 'EXMLINVALID', '/domain/cputune/emulatorpin: appears 2 times'],
+    ["<vcpupin vcpu='0' cpuset='0' extra='1'/>", 'EXMLUNSUPPORTED', "/domain/cputune/vcpupin/@extra: attribute 'extra' is not supported"],
+    ['<shares>2048</shares>', 'EXMLUNSUPPORTED', '/domain/cputune/shares: <shares> is not supported by Baton: its <cputune> supports only <vcpupin> and <emulatorpin>'],
+    ["<iothreadpin iothread='1' cpuset='0'/>", 'EXMLUNSUPPORTED', 'only <vcpupin> and <emulatorpin>'],
+  ])('refuses %s', (body, code, message) => {
+    const err = refusal(() => parseDomainXml(withTune(body)));
+    expect({ code: err.code, message: err.message }).toEqual({ code, message: expect.stringContaining(message) });
+  });
+
+  it('counts vCPUs from <vcpu>, 1 when it is missing', () => {
+    const xml = MINIMAL.replace('<os>', "<cputune><vcpupin vcpu='1' cpuset='0'/></cputune><os>");
+    expect(refusal(() => parseDomainXml(xml)).message).toContain('the domain has 1 vCPU (vCPU 0)');
+  });
+});

@@ -35,6 +35,8 @@ export interface GuestDomainOptions {
   /** The test guest's command line, e.g. `echo ip=10.99.50.2/24` or `counter`. */
   cmdline: string;
   nic?: { tap: string; mac: string; netns: string; hostAddress: string };
+  /** A `<cputune>` element, written after `<vcpu>`. */
+  cputune?: string;
 }
 
 /** A domain XML for the test guest (absolute kernel path), optionally with one NIC in a netns. */
@@ -48,7 +50,7 @@ export function guestDomainXml(options: GuestDomainOptions): string {
   <name>${options.name}</name>
   ${metadata}
   <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
+  <vcpu>1</vcpu>${options.cputune ? `\n  ${options.cputune}` : ''}
   <os><type arch='x86_64'>hvm</type><kernel>${TEST_GUEST_ELF}</kernel><cmdline>${options.cmdline}</cmdline></os>
   <devices>${iface}<serial type='pty'/><console type='pty'/></devices>
 </domain>

@@ -6,6 +6,7 @@ import { QmpClient } from '../../src/hypervisor/monitor/qmp-client';
 import { ActiveRecord, isProcessAlive, readRuntimeRecord } from '../../src/domain/runtime';
 import { tempBatonDirs } from '../domain/helpers';
 import { baton, batonEnv } from '../cli/helpers';
+import { threadsOf } from '../hypervisor/helpers';
 import { cleanUp, e2eSkipReason, ensureDistBuilt, guestDomainXml, linkExistsIn, pingFrom, READY_LINE, sleep, waitFor } from './helpers';
 
 /**
@@ -23,6 +24,17 @@ const SUBNET = `10.99.${200 + (process.pid % 50)}`;
 const GUEST_IP = `${SUBNET}.2`;
 const NAME = 'e2e-mig';
 const LOCAL_MIGRATIONS = 10;
+/** <cputune> as the bench uses it: the vCPU on the last CPU, the rest on the first. */
+const ONLINE_CPUS = fs.readFileSync('/sys/devices/system/cpu/online', 'utf8').trim();
+const [FIRST_CPU, LAST_CPU] = [ONLINE_CPUS.split(/[-,]/)[0], ONLINE_CPUS.split(/[-,]/).pop() as string];
+const CPUTUNE = `<cputune><vcpupin vcpu='0' cpuset='${LAST_CPU}'/><emulatorpin cpuset='${FIRST_CPU}'/></cputune>`;
+
+/** Every migration's destination honours the domain's <cputune>, like the first hypervisor. */
+function expectPinned(pid: number): void {
+  const threads = threadsOf(pid);
+  expect(threads.filter((t) => t.comm.endsWith('/KVM')).map((t) => t.cpus)).toEqual([LAST_CPU]);
+  expect(threads.filter((t) => t.tid === pid).map((t) => t.cpus)).toEqual([FIRST_CPU]);
+}
 
 interface PingCount {
   transmitted: number;
@@ -113,7 +125,7 @@ describe('baton vm migrate (real CLI, real guest, ping running)', () => {
     if (skipReason) return;
     ensureDistBuilt();
     fs.mkdirSync(dirs.root, { recursive: true });
-    fs.writeFileSync(xmlFile, guestDomainXml({ name: NAME, cmdline: `echo ip=${GUEST_IP}/24`, nic: { tap: TAP, mac: '52:54:00:e2:e1:02', netns: NETNS, hostAddress: `${SUBNET}.1/24` } }));
+    fs.writeFileSync(xmlFile, guestDomainXml({ name: NAME, cmdline: `echo ip=${GUEST_IP}/24`, nic: { tap: TAP, mac: '52:54:00:e2:e1:02', netns: NETNS, hostAddress: `${SUBNET}.1/24` }, cputune: CPUTUNE }));
     expect((await baton(['vm', 'define', xmlFile], env)).status).toBe(0);
     const start = await json(['vm', 'start', NAME]);
     expect(start.state).toBe('running');
@@ -130,6 +142,7 @@ describe('baton vm migrate (real CLI, real guest, ping running)', () => {
     if (skipReason) return console.warn(skipReason);
     const ifindexBefore = ifindexIn(NETNS, TAP);
     const first = active();
+    expectPinned(first.pid);
     let pid = first.pid;
     const pauses: number[] = [];
     const ping = startPing();
@@ -142,6 +155,7 @@ describe('baton vm migrate (real CLI, real guest, ping running)', () => {
         expect(result).toMatchObject({ name: NAME, uuid: first.uuid, id: first.id, policy: 'local-fd', ram: 'fd', old_pid: pid, state: 'running' });
         expect(result.nics).toEqual([expect.objectContaining({ device: 'nic0', policy: 'local-fd', tap: TAP, previousTap: TAP, ifindex: ifindexBefore })]);
         expect(result.new_pid).not.toBe(pid);
+        expectPinned(result.new_pid);
         expect(typeof result.pause_ms).toBe('number');
         expect(result.total_ms).toBeGreaterThanOrEqual(result.pause_ms);
         const record = active();

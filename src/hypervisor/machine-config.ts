@@ -78,9 +78,12 @@ function validateCpus(field: string, cpus: unknown): number[] {
 }
 
 function validateCpuPinning(pinning: CpuPinning, vcpus: number): CpuPinning {
+  if (typeof pinning !== 'object' || (pinning.vcpus !== undefined && !Array.isArray(pinning.vcpus))) {
+    fail('cpuPinning', 'must be { vcpus: [{ vcpu, cpus }], emulator? }');
+  }
   const seen = new Set<number>();
   const pins = (pinning.vcpus ?? []).map((pin, i) => {
-    if (!Number.isInteger(pin.vcpu) || pin.vcpu < 0 || pin.vcpu >= vcpus) fail(`cpuPinning.vcpus[${i}].vcpu`, `is ${pin.vcpu}; the machine has vCPUs 0-${vcpus - 1}`);
+    if (!Number.isInteger(pin?.vcpu) || pin.vcpu < 0 || pin.vcpu >= vcpus) fail(`cpuPinning.vcpus[${i}].vcpu`, `is ${pin?.vcpu}; the machine has vCPUs 0-${vcpus - 1}`);
     if (seen.has(pin.vcpu)) fail(`cpuPinning.vcpus[${i}].vcpu`, `pins vCPU ${pin.vcpu} a second time`);
     seen.add(pin.vcpu);
     return { vcpu: pin.vcpu, cpus: validateCpus(`cpuPinning.vcpus[${i}].cpus`, pin.cpus) };

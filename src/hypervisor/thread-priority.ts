@@ -2,10 +2,13 @@
  * The hypervisor's main thread (every device model, the migration channel) and its priority
  * through a migration. On a small, busy host each wake-up of that thread waits for a core, and
  * a migration adds work at both ends of the pause:
- *   background  nice 19: a destination preparing (from its start in incoming mode until the
- *               source pauses: VM creation, RAM mapping, restore rehearsal) gives way at once
- *               to the source, whose main thread still serves the running guest's NICs;
- *   switchover  nice -10 (or the start value if higher): the pause on both sides, and a
+ *   background  nice 19: a destination preparing (from its start in incoming mode until it
+ *               signals ready: VM creation, RAM mapping, restore rehearsal) gives way at once
+ *               to the source, whose main thread still serves the running guest's NICs; and
+ *               a source once its state is sent (its wake-up on 'done' and its bookkeeping
+ *               preempted the destination's first NIC work, traced with both on one core);
+ *   switchover  nice -10 (or the start value if higher): the pause on both sides (the
+ *               destination from its ready signal, so the state finds it at this level), and a
  *               settling time after the destination resumes;
  *   normal      the nice value the process started with.
  * Only the calling thread changes (Linux's nice is per thread): vCPU threads keep the value

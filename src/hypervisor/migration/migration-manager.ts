@@ -224,7 +224,8 @@ export class MigrationManager {
           sections + (precopy?.sections ?? 0))).ramBytes + (precopy?.bytesSent ?? 0);
         trace('migrate-out: device state sent');
         releaseEvents?.();
-        setThreadPriority('normal');
+        // The guest is the destination's now: this end's remaining work must not delay it.
+        setThreadPriority('background');
         const r = await readReply(ch, 'done');
         trace('migrate-out: destination done');
         if (!r.done) throw new BatonError('EMIGRATE', `destination failed to load the state: ${r.error ?? 'no answer'}`);
@@ -356,10 +357,11 @@ export class MigrationManager {
       const { status, netpass } = await restoreVm(this.vm, src, {
         onSetupDone: async () => {
           this.setStatus('active');
+          // Before 'ready': the source pauses at once and its state must find this thread up.
+          setThreadPriority('switchover');
           if (channel) await sendReply(channel, { ready: true });
           trace('migrate-in: ready sent');
           releaseEvents = this.hooks.holdEvents?.(); // the switchover comes next
-          setThreadPriority('switchover');
         },
       });
       const waitNetpass = netpass && ch !== undefined && this.hooks.netpass !== undefined;

@@ -21,6 +21,11 @@
 //              migration): what this host's scheduling does to the echo stream by itself.
 //   downtime   query-migrate `downtime` (from the hypervisor).
 //   lost       pings never answered (UDP echoes missing shown beside).
+// Pinning (libvirt's <cputune>, the same for both hypervisors): the vCPU thread on the last
+// CPU, every other thread of the hypervisor on the others (Baton: --vcpupin/--emulatorpin;
+// QEMU: sched_setaffinity on the threads query-cpus-fast names, as libvirt does). The test
+// guest polls its NIC, so its vCPU never sleeps; unpinned, a device-model thread woken on
+// that CPU waited up to a scheduler tick (4 ms here) behind it. BENCH_PIN=0 turns it off.
 // BENCH_MIGRATIONS (20) migrations each; medians of pauses, totals of losses; ends with one
 // JSON line. BATON_TRACE=FILE collects the hypervisors' timing milestones and each pause's
 // ends into FILE (see src/util/trace.ts).
@@ -47,6 +52,8 @@ const UDP_RATE = 2000;
 // view comes out empty (`byteLength >>> 1` of 2^32 is 0 in virtqueue.ts) and the guest's
 // NIC fails; the RAM still spans both sides of the PCI hole. Set 4096 once that is fixed.
 const BIG_MIB = Number(process.env.BENCH_MIGRATE_BIG_MIB || 4096);
+const CPUS = os.cpus().length;
+const PIN = process.env.BENCH_PIN !== '0' && CPUS >= 2 ? { vcpu: String(CPUS - 1), emulator: CPUS > 2 ? `0-${CPUS - 2}` : '0' } : null;
 /** Traffic before the migrate command, and after it ends, in each measured window. */
 const LEAD_MS = 150;
 const TRAIL_MS = 500;
@@ -106,6 +113,7 @@ function configureHostSide(tap) {
 function batonArgs(tag, memMiB, incoming) {
   const monitor = path.join(tmp, `${tag}.qmp`);
   const args = [HV, '--kernel', GUEST, '-m', String(memMiB), '--smp', '1', '--monitor', monitor, '--serial-log', path.join(tmp, `${tag}.log`)];
+  if (PIN) args.push('--vcpupin', `0:${PIN.vcpu}`, '--emulatorpin', PIN.emulator);
   if (incoming) args.push('--incoming', 'defer', '--netdev', 'tap,id=n0,incoming-fds=true,script=no,downscript=no');
   else args.push('--append', `echo ip=${GUEST_IP}/24`, '--netdev', `tap,id=n0,ifname=${TAPS[0]},script=no,downscript=no`);
   args.push('--device', `virtio-net-pci,netdev=n0,id=nic0,mac=${GUEST_MAC}`);
@@ -126,6 +134,15 @@ function qemuArgs(tag, memMiB, shmPath, tap, incoming) {
       '-qmp', `unix:${monitor},server=on,wait=off`, ...(incoming ? ['-incoming', 'defer'] : []),
     ],
   };
+}
+
+/** QEMU pins nothing itself: what libvirt does for <cputune>, by thread id. */
+async function pinQemu(qmp, pid) {
+  if (!PIN) return;
+  const vcpus = (await qmp.execute('query-cpus-fast')).map((c) => String(c['thread-id']));
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    execFileSync('taskset', ['-pc', vcpus.includes(tid) ? PIN.vcpu : PIN.emulator, tid], { stdio: 'ignore' });
+  }
 }
 
 // ---- traffic ----
@@ -243,11 +260,13 @@ async function qemuChain(memMiB) {
     configureHostSide(TAPS[0]);
     await waitUntil('the guest\'s "net up" line', () => /net up/.test(src.proc.output()));
     let srcQmp = await connectQmp(src.monitor, src.proc);
+    await pinQemu(srcQmp, src.proc.child.pid);
     const runs = [];
     for (let i = 1; i <= MIGRATIONS; i++) {
       const newTap = TAPS[i % 2];
       const dst = start(`qemu-${i}`, newTap, true);
       const dstQmp = await connectQmp(dst.monitor, dst.proc);
+      await pinQemu(dstQmp, dst.proc.child.pid);
       // Before the pause, as a careful manager would: the new TAP gets the old one's MAC.
       const oldMac = /link\/ether (\S+)/.exec(ipNs('link', 'show', src.tap))[1];
       ipNs('link', 'set', newTap, 'address', oldMac);
@@ -316,7 +335,8 @@ function summarize(label, runs) {
   execFileSync('gcc', ['-O2', '-o', SEQ_STREAM, path.join(REPO, 'test/migration/seq-stream.c')]);
   execFileSync('ip', ['netns', 'add', NETNS]);
   ipNs('link', 'set', 'lo', 'up');
-  console.log(`bench:migrate — ${MIGRATIONS} local migrations each, test guest in echo mode, ping -i ${PING_INTERVAL_S} + ${UDP_RATE}/s UDP echo stream`);
+  console.log(`bench:migrate — ${MIGRATIONS} local migrations each, test guest in echo mode, ping -i ${PING_INTERVAL_S} + ${UDP_RATE}/s UDP echo stream, ` +
+    (PIN ? `vCPU pinned to CPU ${PIN.vcpu}, the hypervisors' other threads to ${PIN.emulator}` : 'unpinned'));
   const baton = summarize('baton local-fd 512M', await batonChain('baton', 512, true));
   const qemuAvailable = spawnSync('qemu-system-x86_64', ['--version']).status === 0;
   const qemu = qemuAvailable ? summarize('qemu new-tap 512M', await qemuChain(512)) : undefined;
@@ -329,7 +349,7 @@ function summarize(label, runs) {
     baton_pause_ms: round(baton.pauseMs), baton_lost: baton.pingLost,
     baton_pause_ms_4g: round(baton4g.pauseMs),
     qemu_pause_ms: qemu ? round(qemu.pauseMs) : null, qemu_lost: qemu ? qemu.pingLost : null,
-    baton_window_ms: round(baton.windowMs), idle_window_ms: round(baton.idleMs), qemu_window_ms: qemu ? round(qemu.windowMs) : null,
+    pinned: !!PIN, baton_window_ms: round(baton.windowMs), idle_window_ms: round(baton.idleMs), qemu_window_ms: qemu ? round(qemu.windowMs) : null,
   }));
 })().catch((err) => {
   console.error(`bench:migrate failed: ${err.stack || err.message}`);

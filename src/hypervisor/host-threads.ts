@@ -1,15 +1,4 @@
-/**
- * Where and how baton-hv's threads run on the host.
- *
- * Node's own helper threads (V8's compiler and garbage-collector workers) run SCHED_IDLE in
- * baton-hv. Left at the defaults, a helper compiling the freshly hot packet path held a core
- * for up to 10 ms at a time (kernel trace, idle echo guest), and the main thread (every device
- * model), woken on that core, waited behind it. SCHED_IDLE threads use idle CPU time and give
- * way at once to any other thread that wakes up, ours or another process's.
- *
- * Called first thing, while Node's are the only other threads: the vCPU threads come later
- * with the defaults, and so does libuv's pool (started on first use; we wait on its work).
- */
+/** Where and how baton-hv's threads run on the host: scheduling class and CPU pinning. */
 import fs from 'node:fs';
 import { native } from '../native';
 import { formatCpuset, parseCpuset } from '../util/cpuset';
@@ -19,11 +8,24 @@ import { CpuPinning } from './machine-config';
 
 const log = loggerFor('baton-hv');
 
+/** This process's threads (the main thread's tid is the pid). */
+function ownThreads(): number[] {
+  return fs.readdirSync('/proc/self/task').map(Number);
+}
+
+/**
+ * Node's own helper threads (V8's compiler and garbage-collector workers) run SCHED_IDLE in
+ * baton-hv. Left at the defaults, a helper compiling the freshly hot packet path held a core
+ * for up to 10 ms at a time (kernel trace, idle echo guest), and the main thread (every device
+ * model), woken on that core, waited behind it. SCHED_IDLE threads use idle CPU time and give
+ * way at once to any other thread that wakes up, ours or another process's.
+ *
+ * Called first thing, while Node's are the only other threads: the vCPU threads come later
+ * with the defaults, and so does libuv's pool (started on first use; we wait on its work).
+ */
 export function idleNodeHelperThreads(): void {
-  const main = process.pid;
-  for (const name of fs.readdirSync('/proc/self/task')) {
-    const tid = Number(name);
-    if (tid === main) continue;
+  for (const tid of ownThreads()) {
+    if (tid === process.pid) continue;
     try {
       native.threadSetScheduling(tid, 'idle');
     } catch (err) {
@@ -56,12 +58,12 @@ export function checkPinningAgainstHost(pinning: CpuPinning | undefined, online 
  * and each vCPU then gets its own (`vcpuThreadCpus`).
  */
 export function pinEmulatorThreads(cpus: number[]): void {
-  for (const name of fs.readdirSync('/proc/self/task')) {
+  for (const tid of ownThreads()) {
     try {
-      native.threadSetAffinity(Number(name), cpus);
+      native.threadSetAffinity(tid, cpus);
     } catch (err) {
-      if (Number(name) === process.pid) throw new BatonError('EPIN', `cannot pin baton-hv to CPUs ${formatCpuset(cpus)}: ${(err as Error).message}`);
-      log.debug(`thread ${name} keeps its CPUs: ${(err as Error).message}`);
+      if (tid === process.pid) throw new BatonError('EPIN', `cannot pin baton-hv to CPUs ${formatCpuset(cpus)}: ${(err as Error).message}`);
+      log.debug(`thread ${tid} keeps its CPUs: ${(err as Error).message}`);
     }
   }
 }

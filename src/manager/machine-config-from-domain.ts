@@ -103,10 +103,7 @@ export function machineConfigFromDomain(domain: Domain, paths: BatonPaths, optio
   });
 
   const tune = domain.cputune;
-  const cpuPinning: CpuPinning | undefined = tune && {
-    vcpus: tune.vcpuPins.map((pin) => ({ vcpu: pin.vcpu, cpus: [...pin.cpus] })),
-    ...(tune.emulatorPin ? { emulator: [...tune.emulatorPin] } : {}),
-  };
+  const cpuPinning: CpuPinning | undefined = tune && { vcpus: tune.vcpuPins, ...(tune.emulatorPin ? { emulator: tune.emulatorPin } : {}) };
 
   return {
     name: domain.name,

@@ -6,6 +6,7 @@ import { QmpClient } from '../../src/hypervisor/monitor/qmp-client';
 import { ActiveRecord, isProcessAlive, readRuntimeRecord } from '../../src/domain/runtime';
 import { tempBatonDirs } from '../domain/helpers';
 import { baton, batonEnv } from '../cli/helpers';
+import { parseCpuset } from '../../src/util/cpuset';
 import { threadsOf } from '../hypervisor/helpers';
 import { cleanUp, e2eSkipReason, ensureDistBuilt, guestDomainXml, linkExistsIn, pingFrom, READY_LINE, sleep, waitFor } from './helpers';
 
@@ -25,8 +26,8 @@ const GUEST_IP = `${SUBNET}.2`;
 const NAME = 'e2e-mig';
 const LOCAL_MIGRATIONS = 10;
 /** <cputune> as the bench uses it: the vCPU on the last CPU, the rest on the first. */
-const ONLINE_CPUS = fs.readFileSync('/sys/devices/system/cpu/online', 'utf8').trim();
-const [FIRST_CPU, LAST_CPU] = [ONLINE_CPUS.split(/[-,]/)[0], ONLINE_CPUS.split(/[-,]/).pop() as string];
+const ONLINE_CPUS = parseCpuset(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8').trim());
+const [FIRST_CPU, LAST_CPU] = [String(ONLINE_CPUS[0]), String(ONLINE_CPUS[ONLINE_CPUS.length - 1])];
 const CPUTUNE = `<cputune><vcpupin vcpu='0' cpuset='${LAST_CPU}'/><emulatorpin cpuset='${FIRST_CPU}'/></cputune>`;
 
 /** Every migration's destination honours the domain's <cputune>, like the first hypervisor. */
